@@ -1,0 +1,43 @@
+# The targets the README names. Everything installs into .venv (gitignored) and caches the
+# Go-built binaries under ~/.cache/overshoot-operator (override with OVERSHOOT_CACHE_DIR).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test unit lint demo binaries cluster-up cluster-down clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Build (or reuse from the cache) every Go binary the tests run.
+binaries: setup
+	$(BIN)/overshoot-localstack build
+
+# The whole suite: lint, types, unit, contract, integration and e2e tiers.
+test: setup binaries lint
+	$(BIN)/pytest
+
+unit: setup
+	$(BIN)/pytest -m unit
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+demo: setup
+	$(BIN)/overshoot-localstack demo
+
+cluster-up: setup binaries
+	$(BIN)/overshoot-localstack cluster up
+
+cluster-down: setup
+	$(BIN)/overshoot-localstack cluster down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

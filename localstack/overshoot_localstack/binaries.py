@@ -1,0 +1,351 @@
+"""Builds and caches the real binaries the local stack runs: the Kubernetes control plane,
+etcd, kwok, helm and the LiveKit server.
+
+Boundary: the Go toolchain and the cache directory. Nothing here starts a process other
+than `go`; the harnesses in `cluster.py` and `livekit.py` only ask `ensure()` for paths.
+
+Every binary comes from the Go module proxy and is built in a wrapper module of its own,
+because several of these modules carry `replace` directives to local paths (Kubernetes'
+staging modules, etcd's sibling modules) that `go install pkg@version` refuses. The wrapper
+re-points each local replace at the published module of the same release.
+
+Layout of the cache (default `~/.cache/overshoot-operator`, or `$OVERSHOOT_CACHE_DIR`):
+    bin/<component>-<version>/<binary>       what the harnesses run
+    src/<component>-<version>/go.mod         the wrapper module, kept for rebuilds
+A directory of prebuilt binaries replaces the build: `$KUBEBUILDER_ASSETS` (envtest's
+convention: kube-apiserver, etcd, ...) is searched first for each binary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.36.3"
+ETCD_VERSION = "v3.6.14"
+KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.19.5"
+LIVEKIT_VERSION = "v1.13.5"
+
+
+class BuildError(RuntimeError):
+    """A binary could not be found or built; the message says what to install or fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """One Go module release and the commands built from it."""
+
+    name: str
+    module: str
+    version: str
+    # binary name -> package path inside the module graph
+    binaries: dict[str, str]
+    ldflags: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.version}"
+
+
+def _kubernetes_ldflags(version: str) -> str:
+    major, minor = version.lstrip("v").split(".")[:2]
+    pkg = "k8s.io/component-base/version"
+    return " ".join(
+        [
+            "-s -w",
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    )
+
+
+COMPONENTS: dict[str, Component] = {
+    c.name: c
+    for c in [
+        Component(
+            "kubernetes",
+            "k8s.io/kubernetes",
+            KUBERNETES_VERSION,
+            {
+                "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+                "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+                "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+            },
+            _kubernetes_ldflags(KUBERNETES_VERSION),
+        ),
+        Component(
+            "etcd",
+            "go.etcd.io/etcd/server/v3",
+            ETCD_VERSION,
+            {"etcd": "go.etcd.io/etcd/server/v3"},
+            "-s -w",
+        ),
+        Component(
+            "kwok",
+            "sigs.k8s.io/kwok",
+            KWOK_VERSION,
+            {"kwok": "sigs.k8s.io/kwok/cmd/kwok", "kwokctl": "sigs.k8s.io/kwok/cmd/kwokctl"},
+            "-s -w",
+        ),
+        Component(
+            "helm",
+            "helm.sh/helm/v3",
+            HELM_VERSION,
+            {"helm": "helm.sh/helm/v3/cmd/helm"},
+            f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+        ),
+        Component(
+            "livekit",
+            "github.com/livekit/livekit-server",
+            LIVEKIT_VERSION,
+            {"livekit-server": "github.com/livekit/livekit-server/cmd/server"},
+            "-s -w",
+        ),
+    ]
+}
+
+# Which component provides each binary, for callers that ask by binary name.
+BINARY_COMPONENT = {b: c.name for c in COMPONENTS.values() for b in c.binaries}
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("OVERSHOOT_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "overshoot-operator"
+
+
+def _prebuilt(binary: str) -> Path | None:
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets:
+        candidate = Path(assets) / binary
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def cached_path(binary: str) -> Path:
+    component = COMPONENTS[BINARY_COMPONENT[binary]]
+    return cache_dir() / "bin" / component.key / binary
+
+
+def find(binary: str) -> Path | None:
+    """The path of a usable binary, prebuilt or cached, without building anything."""
+    prebuilt = _prebuilt(binary)
+    if prebuilt:
+        return prebuilt
+    path = cached_path(binary)
+    return path if path.is_file() else None
+
+
+def ensure(binaries: Sequence[str], *, log: bool = True) -> dict[str, Path]:
+    """Paths of the named binaries, building the components that are missing."""
+    found: dict[str, Path] = {}
+    missing_components: dict[str, list[str]] = {}
+    for binary in binaries:
+        path = find(binary)
+        if path:
+            found[binary] = path
+        else:
+            missing_components.setdefault(BINARY_COMPONENT[binary], []).append(binary)
+    for name in missing_components:
+        build(COMPONENTS[name], log=log)
+        for binary in missing_components[name]:
+            found[binary] = cached_path(binary)
+    return found
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if not go:
+        raise BuildError(
+            "The local stack builds Kubernetes, etcd, kwok, helm and LiveKit from the Go "
+            "module proxy, and no `go` command was found. Install Go 1.26 or newer "
+            "(https://go.dev/doc/install, or `apt-get install golang-1.26`), or point "
+            "KUBEBUILDER_ASSETS at a directory of prebuilt binaries."
+        )
+    return go
+
+
+def _run(args: Sequence[str], cwd: Path, env: dict[str, str], log: bool) -> str:
+    if log:
+        print(f"+ {' '.join(args)}", file=sys.stderr, flush=True)
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(
+            f"`{' '.join(args)}` failed in {cwd} (exit {proc.returncode}):\n"
+            f"{proc.stderr[-4000:]}"
+        )
+    return proc.stdout
+
+
+_LOCAL_REPLACE = re.compile(r"^\s*(?:replace\s+)?(\S+)(?:\s+\S+)?\s+=>\s+(\.\.?/\S*)\s*$")
+
+
+def local_replaces(gomod_text: str) -> list[str]:
+    """Module paths that a go.mod replaces with a local directory (`=> ./x` or `=> ../x`)."""
+    modules: list[str] = []
+    in_block = False
+    for raw in gomod_text.splitlines():
+        line = raw.split("//", 1)[0].rstrip()
+        stripped = line.strip()
+        if stripped.startswith("replace ("):
+            in_block = True
+            continue
+        if in_block and stripped == ")":
+            in_block = False
+            continue
+        if in_block or stripped.startswith("replace "):
+            match = _LOCAL_REPLACE.match(stripped)
+            if match:
+                modules.append(match.group(1))
+    return modules
+
+
+def required_modules(gomod_text: str) -> set[str]:
+    """Module paths named in a go.mod's require directives."""
+    required: set[str] = set()
+    in_block = False
+    for raw in gomod_text.splitlines():
+        stripped = raw.split("//", 1)[0].strip()
+        if stripped.startswith("require ("):
+            in_block = True
+            continue
+        if in_block and stripped == ")":
+            in_block = False
+            continue
+        if in_block and stripped:
+            required.add(stripped.split()[0])
+        elif stripped.startswith("require "):
+            required.add(stripped.split()[1])
+    return required
+
+
+def remote_replaces(gomod_text: str) -> list[str]:
+    """`old=new@version` pairs for replaces that point at other published modules."""
+    pairs: list[str] = []
+    in_block = False
+    for raw in gomod_text.splitlines():
+        stripped = raw.split("//", 1)[0].strip()
+        if stripped.startswith("replace ("):
+            in_block = True
+            continue
+        if in_block and stripped == ")":
+            in_block = False
+            continue
+        if not (in_block or stripped.startswith("replace ")):
+            continue
+        body = stripped.removeprefix("replace ").strip()
+        if "=>" not in body:
+            continue
+        left, right = (part.split() for part in body.split("=>", 1))
+        if not right or right[0].startswith("."):
+            continue
+        old = left[0] if len(left) == 1 else f"{left[0]}@{left[1]}"
+        new = right[0] if len(right) == 1 else f"{right[0]}@{right[1]}"
+        pairs.append(f"{old}={new}")
+    return pairs
+
+
+def replaced_version(component: Component, module: str) -> str:
+    """The published version to use for a module the component's go.mod takes locally.
+
+    Kubernetes publishes its staging modules as v0.<minor>.<patch> of the same release;
+    etcd and others tag their sibling modules with the release's own version.
+    """
+    if component.module == "k8s.io/kubernetes":
+        major, minor, patch = component.version.lstrip("v").split(".")
+        return f"v0.{minor}.{patch}"
+    return component.version
+
+
+def build(component: Component, *, log: bool = True) -> Path:
+    go = _go()
+    src = cache_dir() / "src" / component.key
+    out = cache_dir() / "bin" / component.key
+    src.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "0",
+        "GOWORK": "off",
+        "GOFLAGS": "-mod=mod -buildvcs=false",
+    }
+    started = time.monotonic()
+    # The wrapper is cheap to write and a half-edited one from an interrupted build is not
+    # worth repairing: start it afresh every time (the module cache keeps downloads).
+    for stale in ("go.mod", "go.sum"):
+        (src / stale).unlink(missing_ok=True)
+    _run([go, "mod", "init", f"overshoot.local/wrapper/{component.name}"], src, env, log)
+    info = json.loads(
+        _run([go, "mod", "download", "-json", f"{component.module}@{component.version}"],
+             src, env, log)
+    )
+    gomod_text = Path(info["GoMod"]).read_text()
+    edits = [f"-require={component.module}@{component.version}"]
+    # Only modules the release requires: a replace of an unrequired module (etcd's own
+    # root module, its test module) names a version that may not even be valid.
+    required = required_modules(gomod_text)
+    for module in local_replaces(gomod_text):
+        if module != component.module and module in required:
+            edits.append(f"-replace={module}={module}@{replaced_version(component, module)}")
+    edits += [f"-replace={pair}" for pair in remote_replaces(gomod_text)]
+    _run([go, "mod", "edit", *edits], src, env, log)
+    pkgs = [f"{pkg}@{component.version}" for pkg in component.binaries.values()]
+    _run([go, "get", *pkgs], src, env, log)
+    for binary, pkg in component.binaries.items():
+        _run(
+            [go, "build", "-trimpath", "-ldflags", component.ldflags, "-o", str(out / binary),
+             pkg],
+            src, env, log,
+        )
+    if log:
+        print(
+            f"Built {component.key} in {time.monotonic() - started:.0f} s -> {out}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="overshoot-localstack-build",
+        description="Build and cache the binaries of the local stack (Go module proxy).",
+    )
+    parser.add_argument(
+        "components", nargs="*", default=list(COMPONENTS),
+        help=f"components to build (default: all of {', '.join(COMPONENTS)})",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even when cached")
+    args = parser.parse_args(argv)
+    try:
+        for name in args.components:
+            if name not in COMPONENTS:
+                parser.error(f"unknown component {name!r}; choose from {', '.join(COMPONENTS)}")
+            component = COMPONENTS[name]
+            if args.force or not all(find(b) for b in component.binaries):
+                build(component)
+            else:
+                print(f"Cached {component.key}", file=sys.stderr)
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
