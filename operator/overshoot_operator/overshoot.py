@@ -1,0 +1,544 @@
+"""The Overshoot Streams API client: the only module that talks to Overshoot.
+
+Boundary: HTTP to `{base_url}/streams...` (https://api.overshoot.ai/v1 or /v1beta, or the
+emulator). Everything above this module sees typed models and one error hierarchy; nothing
+above it sees httpx, status codes or JSON.
+
+The client is shared by every OvershootStream in the process (one connection pool); the
+API key is passed per call because each resource may name its own key Secret.
+
+Retries live here only where the contract allows them (see `_RETRY_POLICY`): GET, keepalive
+and DELETE are safe to repeat; create is not idempotent and is only repeated when the
+request provably never left this process (connection refused). Anything slower (backoff
+across minutes, Retry-After, deadlines) is the caller's business.
+
+Secrets: the API key is only ever placed in the Authorization header; publish tokens are
+`SecretStr`. Error messages and bodies carried by exceptions are scrubbed of both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+__all__ = [
+    "ApiKey",
+    "InvalidRequest",
+    "KeepaliveResult",
+    "NotFound",
+    "OvershootClient",
+    "OvershootError",
+    "OvershootRejected",
+    "OvershootUnavailable",
+    "PaymentRequired",
+    "PublishInfo",
+    "RateLimited",
+    "StreamCreated",
+    "StreamState",
+    "Unauthorized",
+    "UnexpectedResponse",
+]
+
+ApiKey = SecretStr
+
+# Bodies are kept on errors for diagnosis, but a proxy's HTML page can be large.
+_MAX_BODY_CHARS = 2000
+
+
+# --------------------------------------------------------------------------------------
+# Models, in the API's snake_case. Every optional field may be null or absent; unknown
+# fields are ignored so a newer API cannot break an older operator.
+# --------------------------------------------------------------------------------------
+
+
+class _ApiModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class PublishInfo(_ApiModel):
+    """Where and how to publish: a LiveKit room URL and a short-lived token."""
+
+    type: str = "livekit"
+    url: str
+    token: SecretStr
+
+
+class StreamCreated(_ApiModel):
+    """201 of POST /streams."""
+
+    id: str
+    state: str = "active"
+    publish: PublishInfo
+    expires_at_ms: int
+    ttl_seconds: float | None = None
+
+
+class KeepaliveResult(_ApiModel):
+    """200 of POST /streams/{id}/keepalive: a renewed lease and a fresh token."""
+
+    id: str
+    expires_at_ms: int
+    ttl_seconds: float | None = None
+    # Guess: the docs show `publish` on every keepalive; tolerate its absence.
+    publish: PublishInfo | None = None
+    stream_time_ms: int | None = None
+
+
+class StreamState(_ApiModel):
+    """200 of GET /streams/{id}. Only `id` and `state` are guaranteed."""
+
+    id: str
+    state: Literal["active", "ended"] | str
+    stream_time_ms: int | None = None
+    created_at_ms: int | None = None
+    first_frame_at_ms: int | None = None
+    last_frame_at_ms: int | None = None
+    last_frame_index: int | None = None
+    first_available_frame_index: int | None = None
+    first_available_frame_at_ms: int | None = None
+    recent_fps: float | None = None
+    retained_frame_count: int | None = None
+    evicted_frame_count: int | None = None
+    expires_at_ms: int | None = None
+    ttl_seconds: float | None = None
+    ended_at_ms: int | None = None
+    end_reason: str | None = None
+    audio: bool | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.state == "ended"
+
+
+class _Deleted(_ApiModel):
+    id: str | None = None
+    deleted: bool = True
+
+
+class _ValidationDetail(_ApiModel):
+    loc: list[str | int] = Field(default_factory=list)
+    msg: str = ""
+
+
+# --------------------------------------------------------------------------------------
+# Errors: one hierarchy for this boundary, mapped to conditions once, in the handler layer.
+# --------------------------------------------------------------------------------------
+
+
+class Endpoint(StrEnum):
+    CREATE = "create"
+    GET = "get"
+    KEEPALIVE = "keepalive"
+    DELETE = "delete"
+
+
+class OvershootError(Exception):
+    """Any failure talking to Overshoot. Keeps status code and (scrubbed) body."""
+
+    #: whether repeating the same call later may succeed without anyone changing anything
+    retryable: bool = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: Endpoint,
+        status_code: int | None = None,
+        body: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.endpoint = endpoint
+        self.status_code = status_code
+        self.body = body
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, endpoint={self.endpoint.value!r}, "
+            f"status_code={self.status_code!r})"
+        )
+
+
+class OvershootUnavailable(OvershootError):
+    """Network failure, timeout, 5xx or 503 (draining / starting up): try again later."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        request_sent: bool = True,
+        **kw: Any,
+    ) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+        #: False only when the request provably never left this process
+        self.request_sent = request_sent
+
+
+class OvershootRejected(OvershootError):
+    """A 4xx: the request was understood and refused."""
+
+    retryable = False
+
+
+class Unauthorized(OvershootRejected):
+    """401/403: the API key is missing, invalid or not assigned. A user must fix it."""
+
+
+class PaymentRequired(OvershootRejected):
+    """402: the account has no credits. A user must fix it."""
+
+
+class NotFound(OvershootRejected):
+    """404: the stream ended (expired, deleted, reaped), is unknown, or is another key's."""
+
+
+class InvalidRequest(OvershootRejected):
+    """400/422: the request was malformed. A bug on our side, or an API change."""
+
+
+class RateLimited(OvershootRejected):
+    """429: too many streams or calls. `retry_after` in seconds when the server said."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class UnexpectedResponse(OvershootError):
+    """A status code or body the contract does not describe (e.g. a proxy's HTML)."""
+
+
+# --------------------------------------------------------------------------------------
+# Retry policy: only what the contract allows.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """In-call retries for one endpoint. Callers schedule anything slower themselves."""
+
+    attempts: int
+    delay: float
+    # Create is not idempotent: after the request may have reached the server, a retry can
+    # make a second stream. Only errors raised before anything was sent are safe.
+    only_unsent: bool = False
+
+
+# The docs advise "about 3 tries, 1 s apart" for keepalive on network errors and 503.
+_RETRY_POLICY: dict[Endpoint, RetryPolicy] = {
+    Endpoint.CREATE: RetryPolicy(attempts=2, delay=1.0, only_unsent=True),
+    Endpoint.GET: RetryPolicy(attempts=3, delay=1.0),
+    Endpoint.KEEPALIVE: RetryPolicy(attempts=3, delay=1.0),
+    Endpoint.DELETE: RetryPolicy(attempts=3, delay=1.0),
+}
+
+# Raised before a byte of the request went out: safe to repeat even a create.
+_UNSENT_ERRORS: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+)
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=10.0)
+
+_Model = TypeVar("_Model", bound=BaseModel)
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class OvershootClient:
+    """Async client of the Streams API, sharing one connection pool across API keys."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        retries: dict[Endpoint, RetryPolicy] | None = None,
+        sleep: Sleep = asyncio.sleep,
+        max_connections: int = 100,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            # Never follow a redirect with the Authorization header to wherever it points.
+            follow_redirects=False,
+        )
+        self._retries = {**_RETRY_POLICY, **(retries or {})}
+        self._sleep = sleep
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> OvershootClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---- the four endpoints ----------------------------------------------------------
+
+    async def create_stream(self, api_key: ApiKey) -> StreamCreated:
+        """POST /streams. Never repeated once the request may have reached the server."""
+        response = await self._call(Endpoint.CREATE, "POST", "/streams", api_key)
+        if response.status_code not in (200, 201):
+            raise self._error(Endpoint.CREATE, response, api_key)
+        return self._parse(Endpoint.CREATE, response, StreamCreated, api_key)
+
+    async def get_stream(self, api_key: ApiKey, stream_id: str) -> StreamState:
+        """GET /streams/{id}. Raises NotFound once the tombstone is gone."""
+        response = await self._call(Endpoint.GET, "GET", f"/streams/{stream_id}", api_key)
+        if response.status_code != 200:
+            raise self._error(Endpoint.GET, response, api_key)
+        return self._parse(Endpoint.GET, response, StreamState, api_key)
+
+    async def keepalive(self, api_key: ApiKey, stream_id: str) -> KeepaliveResult:
+        """POST /streams/{id}/keepalive. NotFound means the stream ended: create a new one."""
+        response = await self._call(
+            Endpoint.KEEPALIVE, "POST", f"/streams/{stream_id}/keepalive", api_key
+        )
+        if response.status_code != 200:
+            raise self._error(Endpoint.KEEPALIVE, response, api_key)
+        return self._parse(Endpoint.KEEPALIVE, response, KeepaliveResult, api_key)
+
+    async def delete_stream(self, api_key: ApiKey, stream_id: str) -> bool:
+        """DELETE /streams/{id}. True if it was deleted now, False if it was already gone.
+
+        404 counts as success: deletes are "idempotent within the lookup window" and a
+        stream that is unknown, ended or tombstoned holds nothing we could release.
+        """
+        response = await self._call(Endpoint.DELETE, "DELETE", f"/streams/{stream_id}", api_key)
+        if response.status_code == 404:
+            return False
+        if response.status_code not in (200, 202, 204):
+            raise self._error(Endpoint.DELETE, response, api_key)
+        if response.status_code == 200 and response.content:
+            # Parsed only to notice a contract change; the answer is already known.
+            self._parse(Endpoint.DELETE, response, _Deleted, api_key)
+        return True
+
+    # ---- plumbing --------------------------------------------------------------------
+
+    async def _call(
+        self, endpoint: Endpoint, method: str, path: str, api_key: ApiKey
+    ) -> httpx.Response:
+        policy = self._retries[endpoint]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._send(endpoint, method, path, api_key)
+            except OvershootUnavailable as err:
+                if attempt >= policy.attempts or (policy.only_unsent and err.request_sent):
+                    raise
+                await self._sleep(_jittered(policy.delay))
+                continue
+            if (
+                response.status_code in (502, 503, 504)
+                and not policy.only_unsent
+                and attempt < policy.attempts
+            ):
+                retry_after = _retry_after(response)
+                # A server asking for a long pause is not ours to wait out inside one call.
+                if retry_after is None or retry_after <= policy.delay * 2:
+                    await self._sleep(_jittered(retry_after or policy.delay))
+                    continue
+            return response
+
+    async def _send(
+        self, endpoint: Endpoint, method: str, path: str, api_key: ApiKey
+    ) -> httpx.Response:
+        headers = {
+            "Authorization": f"Bearer {api_key.get_secret_value()}",
+            "Accept": "application/json",
+        }
+        content: bytes | None = None
+        if method == "POST":
+            # The docs send no body; Overshoot's own client sends {}. Send {}.
+            headers["Content-Type"] = "application/json"
+            content = b"{}"
+        try:
+            return await self._http.request(
+                method, self._base_url + path, headers=headers, content=content
+            )
+        except httpx.TransportError as err:
+            text = str(err)
+            clean = _scrub(text, api_key)
+            error = OvershootUnavailable(
+                f"Overshoot {endpoint.value} failed: {type(err).__name__}: "
+                f"{clean or 'connection error'}",
+                endpoint=endpoint,
+                request_sent=not isinstance(err, _UNSENT_ERRORS),
+            )
+            # Chain the transport error for its traceback, unless its own text carries a
+            # secret: a logged traceback prints every link of the chain.
+            raise error from (err if clean == text else None)
+
+    def _parse(
+        self, endpoint: Endpoint, response: httpx.Response, model: type[_Model], api_key: ApiKey
+    ) -> _Model:
+        try:
+            return model.model_validate_json(response.content)
+        except (ValidationError, ValueError) as err:
+            problems = (
+                "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}"
+                    for e in (err.errors() if isinstance(err, ValidationError) else [])
+                )
+                or "not JSON"
+            )
+            # `from None`: pydantic's error repeats the input, which may hold a token.
+            raise UnexpectedResponse(
+                f"Overshoot {endpoint.value} answered {response.status_code} with a body that "
+                f"does not match the contract ({_scrub(problems, api_key)[:300]})",
+                endpoint=endpoint,
+                status_code=response.status_code,
+                body=_body_text(response, api_key),
+            ) from None
+
+    def _error(
+        self, endpoint: Endpoint, response: httpx.Response, api_key: ApiKey
+    ) -> OvershootError:
+        code = response.status_code
+        body = _body_text(response, api_key)
+        detail = _detail(response, api_key)
+        said = f": {detail}" if detail else ""
+        kw: dict[str, Any] = {
+            "endpoint": endpoint,
+            "status_code": code,
+            "body": body,
+            "detail": detail,
+        }
+        what = f"Overshoot {endpoint.value} answered {code}"
+        if code in (401, 403):
+            return Unauthorized(
+                f"{what}: the API key is missing, invalid or not assigned{said}", **kw
+            )
+        if code == 402:
+            return PaymentRequired(f"{what}: the account has insufficient credits{said}", **kw)
+        if code == 404:
+            return NotFound(f"{what}: the stream has ended or does not exist{said}", **kw)
+        if code == 429:
+            return RateLimited(
+                f"{what}: rate or stream limit reached{said}",
+                retry_after=_retry_after(response),
+                **kw,
+            )
+        if code in (400, 409, 422):
+            return InvalidRequest(f"{what}: the request was refused{said}", **kw)
+        if code >= 500:
+            return OvershootUnavailable(
+                f"{what}: the service is unavailable{said}",
+                retry_after=_retry_after(response),
+                **kw,
+            )
+        return UnexpectedResponse(f"{what}, which the contract does not describe{said}", **kw)
+
+
+def _jittered(delay: float) -> float:
+    return delay * random.uniform(0.8, 1.2)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds only; dates are ignored)."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        seconds = float(value.strip())
+        if seconds >= 0:
+            return seconds
+    return None
+
+
+def _secrets_in(api_key: ApiKey) -> Iterable[str]:
+    key = api_key.get_secret_value()
+    if key:
+        yield key
+
+
+def _scrub(text: str, api_key: ApiKey) -> str:
+    for secret in _secrets_in(api_key):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _scrub_tokens(value: Any) -> Any:
+    """Blank every `token` field of a parsed body before it is kept on an error."""
+    if isinstance(value, dict):
+        return {
+            k: ("***" if k == "token" and isinstance(v, str) else _scrub_tokens(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub_tokens(v) for v in value]
+    return value
+
+
+def _body_text(response: httpx.Response, api_key: ApiKey) -> str:
+    try:
+        parsed = response.json()
+    except ValueError:
+        text = response.text
+        # Unparseable bodies may still carry a token-looking string; keep only a prefix.
+        return _scrub(text[:_MAX_BODY_CHARS], api_key)
+    return _scrub(json.dumps(_scrub_tokens(parsed))[:_MAX_BODY_CHARS], api_key)
+
+
+def _detail(response: httpx.Response, api_key: ApiKey) -> str | None:
+    """The human text of an error body, from either documented shape, or None.
+
+    Shapes: `{"detail": "text"}`, FastAPI's `{"detail": [{"loc", "msg", "type"}]}`, and
+    `{"error": "validation_error", "message": ..., "details": [...]}`.
+    """
+    try:
+        parsed = response.json()
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    detail = parsed.get("detail")
+    text: str | None = None
+    if isinstance(detail, str):
+        text = detail
+    elif isinstance(detail, list):
+        parts = []
+        for item in detail:
+            try:
+                entry = _ValidationDetail.model_validate(item)
+            except ValidationError:
+                continue
+            where = ".".join(str(p) for p in entry.loc)
+            parts.append(f"{where}: {entry.msg}" if where else entry.msg)
+        text = "; ".join(parts) or None
+    elif isinstance(parsed.get("message"), str):
+        text = parsed["message"]
+    if text is None:
+        return None
+    return _scrub(text, api_key)[:500]
