@@ -1,0 +1,125 @@
+"""Assembles the aiohttp application and runs it: routes, JSON errors, the expirer task,
+the listening socket and the one stdout line (`Listening on http://HOST:PORT`) that
+process wrappers wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from overshoot_emulator import admin, api
+from overshoot_emulator.config import EmulatorConfig
+from overshoot_emulator.expirer import run_expirer
+from overshoot_emulator.state import EMULATOR, Abort, Emulator, detail
+from overshoot_emulator.store import StreamStore
+from overshoot_emulator.tokens import LiveKitTokenMinter, OpaqueTokenMinter, TokenMinter
+
+log = logging.getLogger(__name__)
+
+
+def build_emulator(config: EmulatorConfig) -> Emulator:
+    store = StreamStore(ttl_seconds=config.ttl_seconds, tombstone_seconds=config.tombstone_seconds)
+    minter: TokenMinter
+    if config.livekit is not None:
+        minter = LiveKitTokenMinter(config.publish_url, config.livekit)
+    else:
+        minter = OpaqueTokenMinter(config.publish_url)
+    return Emulator(config=config, store=store, minter=minter)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Abort as abort:
+        return abort.response
+    except web.HTTPException as exc:
+        # Unknown paths and wrong methods answer in the contract's error shape too.
+        if exc.status < 400:
+            raise
+        return detail(
+            exc.status, exc.reason, {k: v for k, v in exc.headers.items() if k == "Allow"}
+        )
+
+
+def create_app(emulator: Emulator) -> web.Application:
+    app = web.Application(middlewares=[json_errors])
+    app[EMULATOR] = emulator
+    api.add_routes(app)
+    admin.add_routes(app)
+
+    async def expirer(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(
+            run_expirer(emulator.store, emulator.config.expire_interval), name="expirer"
+        )
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(expirer)
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; port 0 picks a free one (read it back with getsockname)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(
+    config: EmulatorConfig,
+    stop: asyncio.Event,
+    *,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until `stop` is set; `announce` receives the base URL once listening."""
+    emulator = build_emulator(config)
+    app = create_app(emulator)
+    runner = web.AppRunner(
+        app,
+        # Per-request access logs would dominate the cost of a keepalive under load.
+        access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
+        handle_signals=False,
+    )
+    await runner.setup()
+    try:
+        sock = bind(config.host, config.port)
+        site = web.SockSite(runner, sock)
+        await site.start()
+        url = base_url(config.host, sock.getsockname()[1])
+        log.info(
+            "Started emulator at %s (ttl %gs, tombstone %gs, %s, %s tokens)",
+            url,
+            config.ttl_seconds,
+            config.tombstone_seconds,
+            "any key accepted"
+            if config.accept_any_key
+            else f"{len(config.accepted_key_digests)} key(s) accepted",
+            "LiveKit" if config.livekit else "opaque",
+        )
+        if announce is not None:
+            announce(url)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        log.info("Stopped emulator")
