@@ -1,0 +1,127 @@
+"""The operator's RBAC (deploy/rbac/) on a real API server: it grants exactly what the
+operator uses (invariant 10), checked as the operator's own ServiceAccount.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from fixtures.cluster import ApplyYaml, apply_manifests, wait_for
+from overshoot_localstack import kube
+from overshoot_localstack.cluster import ControlPlane
+
+pytestmark = pytest.mark.integration
+
+RBAC_DIR = Path(__file__).parents[2] / "deploy" / "rbac"
+OPERATOR_NAMESPACE = "overshoot-system"
+OPERATOR_SA = "overshoot-operator"
+
+# (verb, group, resource, subresource, namespace or None for all namespaces)
+Access = tuple[str, str, str, str, str | None]
+
+ALLOWED: list[Access] = [
+    *[(v, "overshoot.ai", "overshootstreams", "", None) for v in ("get", "list", "watch")],
+    ("patch", "overshoot.ai", "overshootstreams", "", "cameras"),
+    ("patch", "overshoot.ai", "overshootstreams", "status", "cameras"),
+    ("list", "apiextensions.k8s.io", "customresourcedefinitions", "", None),
+    ("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", None),
+    ("list", "", "namespaces", "", None),
+    ("watch", "", "namespaces", "", None),
+    ("create", "", "events", "", "cameras"),
+    ("create", "events.k8s.io", "events", "", "cameras"),
+    *[(v, "", "secrets", "", "cameras") for v in ("create", "get", "patch", "delete")],
+    ("list", "", "secrets", "", None),
+    ("watch", "", "secrets", "", None),
+    *[(v, "", "pods", "", "cameras") for v in ("create", "get", "delete")],
+    ("list", "", "pods", "", None),
+    ("watch", "", "pods", "", None),
+]
+
+DENIED: list[Access] = [
+    # The operator never creates, replaces or deletes the user's resources.
+    ("create", "overshoot.ai", "overshootstreams", "", "cameras"),
+    ("update", "overshoot.ai", "overshootstreams", "", "cameras"),
+    ("delete", "overshoot.ai", "overshootstreams", "", "cameras"),
+    ("update", "overshoot.ai", "overshootstreams", "status", "cameras"),
+    # Never changes CRDs or namespaces.
+    ("create", "apiextensions.k8s.io", "customresourcedefinitions", "", None),
+    ("get", "apiextensions.k8s.io", "customresourcedefinitions", "", None),
+    ("delete", "", "namespaces", "", None),
+    # Patches only; Pods are deleted and recreated, never changed.
+    ("update", "", "secrets", "", "cameras"),
+    ("update", "", "pods", "", "cameras"),
+    ("patch", "", "pods", "", "cameras"),
+    ("create", "", "pods", "exec", "cameras"),
+    # Nothing else.
+    ("get", "", "configmaps", "", "cameras"),
+    ("create", "apps", "deployments", "", "cameras"),
+    ("get", "", "serviceaccounts", "", "cameras"),
+    ("create", "", "serviceaccounts", "token", "cameras"),
+    ("list", "kopf.dev", "clusterkopfpeerings", "", None),
+    ("create", "rbac.authorization.k8s.io", "rolebindings", "", "cameras"),
+    ("get", "coordination.k8s.io", "leases", "", "cameras"),
+]
+
+
+def _can(api: client.ApiClient, access: Access) -> bool:
+    verb, group, resource_, subresource, namespace = access
+    review = client.V1SelfSubjectAccessReview(
+        spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                verb=verb,
+                group=group,
+                resource=resource_,
+                subresource=subresource or None,
+                namespace=namespace,
+            )
+        )
+    )
+    result: Any = client.AuthorizationV1Api(api).create_self_subject_access_review(review)
+    return bool(result.status.allowed)
+
+
+@pytest.fixture(scope="module")
+def operator_api(
+    kube_api: client.ApiClient, cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[client.ApiClient]:
+    """An ApiClient acting as the operator's ServiceAccount, with deploy/rbac/ applied.
+
+    The RBAC objects stay: the operator's own integration tests run with them.
+    """
+    for name in ("namespace.yaml", "service-account.yaml", "cluster-role.yaml"):
+        apply_manifests(kube_api, RBAC_DIR / name)
+    apply_manifests(kube_api, RBAC_DIR / "cluster-role-binding.yaml")
+    path = tmp_path_factory.mktemp("rbac") / "kubeconfig"
+    kubeconfig = kube.serviceaccount_kubeconfig(cluster, OPERATOR_NAMESPACE, OPERATOR_SA, path)
+    with kube.api_client(kubeconfig) as api:
+        yield api
+
+
+@pytest.mark.parametrize("access", ALLOWED, ids=lambda a: "-".join(p or "*" for p in a))
+def test_operator_may(operator_api: client.ApiClient, access: Access) -> None:
+    assert _can(operator_api, access), access
+
+
+@pytest.mark.parametrize("access", DENIED, ids=lambda a: "-".join(p or "*" for p in a))
+def test_operator_may_not(operator_api: client.ApiClient, access: Access) -> None:
+    assert not _can(operator_api, access), access
+
+
+def test_peering_role_is_optional_and_separate(
+    kube_api: client.ApiClient, apply_yaml: ApplyYaml, operator_api: client.ApiClient
+) -> None:
+    peering: Access = ("patch", "kopf.dev", "clusterkopfpeerings", "", None)
+    assert not _can(operator_api, peering)
+    apply_yaml(RBAC_DIR / "optional" / "kopf-peering.yaml")
+    try:
+        wait_for(lambda: _can(operator_api, peering), 10, what="the peering role to apply")
+        assert _can(operator_api, ("list", "kopf.dev", "kopfpeerings", "", None))
+    finally:
+        rbac = client.RbacAuthorizationV1Api(kube_api)
+        rbac.delete_cluster_role_binding("overshoot-operator-peering")
+        rbac.delete_cluster_role("overshoot-operator-peering")
