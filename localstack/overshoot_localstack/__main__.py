@@ -1,22 +1,38 @@
-"""`overshoot-localstack`: build the binaries and run the local stack by hand."""
+"""`overshoot-localstack`: build the binaries and run the local stack by hand.
+
+Boundary: argument dispatch only; each command lives in its own module (`binaries`,
+`cluster`) and is imported lazily so `build` works before anything else is installed.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 
+USAGE = """usage: overshoot-localstack COMMAND ...
+
+commands:
+  build [COMPONENT ...]    build and cache the Go binaries (etcd, kubernetes, kwok, helm, livekit)
+  cluster up [--nodes N]   start a local control plane detached; prints the KUBECONFIG to use
+  cluster down             stop it and remove its files
+"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in {"-h", "--help"}:
-        print("usage: overshoot-localstack {build} ...", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "build":
         from overshoot_localstack import binaries
 
         return binaries.main(rest)
-    print(f"overshoot-localstack: unknown command {command!r}", file=sys.stderr)
+    if command == "cluster":
+        from overshoot_localstack import cluster
+
+        return cluster.main(rest)
+    print(f"overshoot-localstack: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
 

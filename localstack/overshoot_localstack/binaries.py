@@ -186,8 +186,7 @@ def _run(args: Sequence[str], cwd: Path, env: dict[str, str], log: bool) -> str:
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BuildError(
-            f"`{' '.join(args)}` failed in {cwd} (exit {proc.returncode}):\n"
-            f"{proc.stderr[-4000:]}"
+            f"`{' '.join(args)}` failed in {cwd} (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
         )
     return proc.stdout
 
@@ -267,7 +266,7 @@ def replaced_version(component: Component, module: str) -> str:
     etcd and others tag their sibling modules with the release's own version.
     """
     if component.module == "k8s.io/kubernetes":
-        major, minor, patch = component.version.lstrip("v").split(".")
+        _major, minor, patch = component.version.lstrip("v").split(".")
         return f"v0.{minor}.{patch}"
     return component.version
 
@@ -291,8 +290,12 @@ def build(component: Component, *, log: bool = True) -> Path:
         (src / stale).unlink(missing_ok=True)
     _run([go, "mod", "init", f"overshoot.local/wrapper/{component.name}"], src, env, log)
     info = json.loads(
-        _run([go, "mod", "download", "-json", f"{component.module}@{component.version}"],
-             src, env, log)
+        _run(
+            [go, "mod", "download", "-json", f"{component.module}@{component.version}"],
+            src,
+            env,
+            log,
+        )
     )
     gomod_text = Path(info["GoMod"]).read_text()
     edits = [f"-require={component.module}@{component.version}"]
@@ -308,9 +311,10 @@ def build(component: Component, *, log: bool = True) -> Path:
     _run([go, "get", *pkgs], src, env, log)
     for binary, pkg in component.binaries.items():
         _run(
-            [go, "build", "-trimpath", "-ldflags", component.ldflags, "-o", str(out / binary),
-             pkg],
-            src, env, log,
+            [go, "build", "-trimpath", "-ldflags", component.ldflags, "-o", str(out / binary), pkg],
+            src,
+            env,
+            log,
         )
     if log:
         print(
@@ -327,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Build and cache the binaries of the local stack (Go module proxy).",
     )
     parser.add_argument(
-        "components", nargs="*", default=list(COMPONENTS),
+        "components",
+        nargs="*",
+        default=list(COMPONENTS),
         help=f"components to build (default: all of {', '.join(COMPONENTS)})",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even when cached")
