@@ -19,7 +19,9 @@ convention: kube-apiserver, etcd, ...) is searched first for each binary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -27,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.36.3"
@@ -82,6 +84,8 @@ COMPONENTS: dict[str, Component] = {
                 "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
                 "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
                 "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+                # Not needed by the tests; for `make cluster-up` and the README.
+                "kubectl": "k8s.io/kubernetes/cmd/kubectl",
             },
             _kubernetes_ldflags(KUBERNETES_VERSION),
         ),
@@ -162,7 +166,7 @@ def ensure(binaries: Sequence[str], *, log: bool = True) -> dict[str, Path]:
         else:
             missing_components.setdefault(BINARY_COMPONENT[binary], []).append(binary)
     for name in missing_components:
-        build(COMPONENTS[name], log=log)
+        build(COMPONENTS[name], only=missing_components[name], log=log)
         for binary in missing_components[name]:
             found[binary] = cached_path(binary)
     return found
@@ -271,12 +275,42 @@ def replaced_version(component: Component, module: str) -> str:
     return component.version
 
 
-def build(component: Component, *, log: bool = True) -> Path:
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a component's wrapper directory.
+
+    Two builds of one component (two test sessions, `make test` beside `make binaries`)
+    would rewrite the same go.mod under each other; the second waits for the first instead.
+    """
+    with (directory / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build(component: Component, *, only: Sequence[str] | None = None, log: bool = True) -> Path:
+    """Build the component's binaries (or just `only`, skipping those already cached)."""
     go = _go()
     src = cache_dir() / "src" / component.key
     out = cache_dir() / "bin" / component.key
     src.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    with _locked(src):
+        wanted = list(component.binaries) if only is None else list(only)
+        if only is not None:
+            # Whoever held the lock before us may have built them already.
+            wanted = [b for b in wanted if not (out / b).is_file()]
+            if not wanted:
+                return out
+        _build_locked(go, component, src, out, wanted, log)
+    return out
+
+
+def _build_locked(
+    go: str, component: Component, src: Path, out: Path, wanted: list[str], log: bool
+) -> None:
     env = {
         **os.environ,
         "CGO_ENABLED": "0",
@@ -309,20 +343,33 @@ def build(component: Component, *, log: bool = True) -> Path:
     _run([go, "mod", "edit", *edits], src, env, log)
     pkgs = [f"{pkg}@{component.version}" for pkg in component.binaries.values()]
     _run([go, "get", *pkgs], src, env, log)
-    for binary, pkg in component.binaries.items():
+    for binary in wanted:
+        # Built under a temporary name and renamed: an interrupted build must not leave a
+        # truncated file that find() would take for a cached binary.
+        partial = out / f".{binary}.partial"
         _run(
-            [go, "build", "-trimpath", "-ldflags", component.ldflags, "-o", str(out / binary), pkg],
+            [
+                go,
+                "build",
+                "-trimpath",
+                "-ldflags",
+                component.ldflags,
+                "-o",
+                str(partial),
+                component.binaries[binary],
+            ],
             src,
             env,
             log,
         )
+        partial.replace(out / binary)
     if log:
         print(
-            f"Built {component.key} in {time.monotonic() - started:.0f} s -> {out}",
+            f"Built {', '.join(wanted)} ({component.key}) in "
+            f"{time.monotonic() - started:.0f} s -> {out}",
             file=sys.stderr,
             flush=True,
         )
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -343,8 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name not in COMPONENTS:
                 parser.error(f"unknown component {name!r}; choose from {', '.join(COMPONENTS)}")
             component = COMPONENTS[name]
-            if args.force or not all(find(b) for b in component.binaries):
-                build(component)
+            missing = [b for b in component.binaries if not find(b)]
+            if args.force or missing:
+                build(component, only=None if args.force else missing)
             else:
                 print(f"Cached {component.key}", file=sys.stderr)
     except BuildError as err:

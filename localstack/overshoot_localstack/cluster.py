@@ -86,6 +86,24 @@ DISABLED_CONTROLLERS = (
 STOP_TIMEOUT = 10.0
 
 
+WORKDIR_PREFIX = "overshoot-cp-"
+
+
+def _remove_orphaned_workdirs() -> None:
+    """Remove temporary working directories whose owning process is gone.
+
+    A test process killed with SIGKILL takes its components with it (PR_SET_PDEATHSIG) but
+    cannot remove its directory; the next harness on the machine does.
+    """
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = int((path / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(owner):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 class ControlPlaneError(RuntimeError):
     """The control plane could not be started; the message carries the failing log's tail."""
 
@@ -593,7 +611,9 @@ class ControlPlane:
     def _prepare_workdir(self) -> None:
         if self._workdir_arg is None:
             if self.workdir == Path():
-                self.workdir = Path(tempfile.mkdtemp(prefix="overshoot-cp-"))
+                _remove_orphaned_workdirs()
+                self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+                (self.workdir / "owner.pid").write_text(str(os.getpid()))
         else:
             self.workdir = self._workdir_arg
             self.workdir.mkdir(parents=True, exist_ok=True)
