@@ -3,4 +3,5 @@
 pytest_plugins = [
     "fixtures.emulator",
     "fixtures.cluster",
+    "fixtures.media",
 ]

@@ -95,6 +95,13 @@ async def serve(
     """Serve until `stop` is set; `announce` receives the base URL once listening."""
     emulator = build_emulator(config)
     app = create_app(emulator)
+    gateway = None
+    if config.livekit is not None:
+        from overshoot_emulator import gateway as media_gateway
+
+        gateway = media_gateway.MediaGateway(emulator.store, config.publish_url, config.livekit)
+        emulator.store.subscribe(gateway)
+        media_gateway.add_routes(app, gateway, admin.PREFIX)
     runner = web.AppRunner(
         app,
         # Per-request access logs would dominate the cost of a keepalive under load.
@@ -121,5 +128,7 @@ async def serve(
             announce(url)
         await stop.wait()
     finally:
+        if gateway is not None:
+            await gateway.aclose()
         await runner.cleanup()
         log.info("Stopped emulator")
