@@ -1,0 +1,77 @@
+"""The operator's settings: one typed object, read from the environment once at startup.
+
+Boundary: environment variables prefixed `OVERSHOOT_` (the Helm chart renders them). Nothing
+reads the environment anywhere else; the object is built in `__main__` and passed down.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The remote lease (documented: 300 s). Keepalive intervals are bounded well below it.
+LEASE_SECONDS = 300.0
+
+
+class OperatorSettings(BaseSettings):
+    """What an operator process needs; every field has a production-safe default."""
+
+    model_config = SettingsConfigDict(env_prefix="OVERSHOOT_", extra="ignore", frozen=True)
+
+    # Overshoot's base URL including the version prefix (/v1 or /v1beta).
+    api_url: str = "https://api.overshoot.ai/v1"
+    # The Secret (in the operator's namespace) holding the API key of resources that name none.
+    default_api_key_secret_namespace: str = "overshoot-system"  # noqa: S105 - a name
+    default_api_key_secret_name: str = "overshoot-api-key"  # noqa: S105 - a name
+    default_api_key_secret_key: str = "apiKey"  # noqa: S105 - a key name
+
+    # The image of publisher Pods (same image as the operator, other entry point).
+    publisher_image: str = "ghcr.io/overshoot-ai/overshoot-operator:0.1.0"
+    publisher_image_pull_policy: str = "IfNotPresent"
+    publisher_cpu_request: str = "100m"
+    publisher_memory_request: str = "128Mi"
+    publisher_cpu_limit: str = "1"
+    publisher_memory_limit: str = "384Mi"
+    publisher_health_port: int = 8080
+
+    # Keepalive cadence when a resource names none: the docs advise about every 2 minutes.
+    keepalive_interval_seconds: Annotated[float, Field(ge=5, le=240)] = 120.0
+    # Jitter spreads keepalives of many streams created together (fraction of the interval).
+    keepalive_jitter: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    # How often GET /streams/{id} refreshes status.stream once frames flow.
+    status_poll_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    # `Publishing` needs a frame newer than this (invariant 7).
+    frames_fresh_seconds: Annotated[float, Field(ge=1, le=600)] = 30.0
+
+    # Process-wide limits on Overshoot calls; keepalives and deletes go first (invariant 4).
+    api_max_concurrency: Annotated[int, Field(ge=1, le=1024)] = 32
+    api_max_per_second: Annotated[float, Field(gt=0, le=10000)] = 50.0
+
+    # How long deletion keeps trying DELETE on an unreachable API before it lets go of the
+    # finalizer; the lease ends the stream anyway (invariant 1).
+    delete_give_up_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
+
+    # Namespaces to watch; empty means the whole cluster.
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Liveness and metrics endpoints.
+    health_port: int = 8081
+    metrics_port: int = 9090
+
+    # kopf's own bookkeeping lives in annotations under this prefix, never in spec.
+    annotation_prefix: str = "overshoot.ai"
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        # Helm renders a comma-separated string; pydantic-settings would want JSON.
+        if isinstance(value, str):
+            return [ns.strip() for ns in value.split(",") if ns.strip()]
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
