@@ -1,0 +1,86 @@
+"""Contract tests: with LiveKit settings the emulator mints real LiveKit access tokens
+(HS256, publish-only grant to the stream's room); checked with pyjwt and the secret."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from fixtures.emulator import EmulatorFactory
+
+pytestmark = pytest.mark.contract
+
+# Nothing listens here: these tests read tokens, they never dial LiveKit.
+LIVEKIT_URL = "ws://127.0.0.1:9"
+LIVEKIT_KEY = "APIemulatortest"
+LIVEKIT_SECRET = "emulator-test-secret-that-is-long-enough-for-hs256"
+AUTH = {"Authorization": "Bearer ovs-livekit-test"}
+
+
+def decode(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        LIVEKIT_SECRET,
+        algorithms=["HS256"],
+        issuer=LIVEKIT_KEY,
+        options={"require": ["iss", "sub", "nbf", "exp"]},
+    )
+    return claims
+
+
+def test_tokens_are_livekit_jwts_for_the_streams_room(fresh_emulator: EmulatorFactory) -> None:
+    emulator = fresh_emulator(
+        livekit_url=LIVEKIT_URL,
+        livekit_api_key=LIVEKIT_KEY,
+        livekit_api_secret=LIVEKIT_SECRET,
+    )
+    with httpx.Client(base_url=emulator.api_url, timeout=10) as http:
+        created = http.post("/streams", json={}, headers=AUTH).json()
+        stream_id = created["id"]
+        assert created["publish"]["type"] == "livekit"
+        assert created["publish"]["url"] == LIVEKIT_URL
+
+        claims = decode(created["publish"]["token"])
+        assert claims["sub"] == f"publisher-{stream_id}"
+        assert claims["video"] == {
+            "roomJoin": True,
+            "room": f"overshoot-{stream_id}",
+            "canPublish": True,
+            "canSubscribe": False,
+        }
+        now = time.time()
+        assert claims["nbf"] <= now + 1
+        assert claims["exp"] - claims["nbf"] == 600
+
+        keepalive = http.post(f"/streams/{stream_id}/keepalive", headers=AUTH).json()
+        assert keepalive["publish"]["url"] == LIVEKIT_URL
+        assert keepalive["publish"]["token"] != created["publish"]["token"]
+        assert decode(keepalive["publish"]["token"])["video"]["room"] == f"overshoot-{stream_id}"
+
+    [listed] = emulator.admin.streams()
+    assert listed["room"] == f"overshoot-{stream_id}"
+
+
+def test_a_wrong_secret_does_not_verify(fresh_emulator: EmulatorFactory) -> None:
+    emulator = fresh_emulator(
+        livekit_url=LIVEKIT_URL,
+        livekit_api_key=LIVEKIT_KEY,
+        livekit_api_secret=LIVEKIT_SECRET,
+    )
+    with httpx.Client(base_url=emulator.api_url, timeout=10) as http:
+        token = http.post("/streams", json={}, headers=AUTH).json()["publish"]["token"]
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, "another-secret-that-is-long-enough-for-hs256!", algorithms=["HS256"])
+
+
+def test_without_livekit_tokens_are_opaque(fresh_emulator: EmulatorFactory) -> None:
+    emulator = fresh_emulator(livekit_url=LIVEKIT_URL)
+    with httpx.Client(base_url=emulator.api_url, timeout=10) as http:
+        publish = http.post("/streams", json={}, headers=AUTH).json()["publish"]
+    assert publish["url"] == LIVEKIT_URL
+    with pytest.raises(jwt.DecodeError):
+        jwt.decode(publish["token"], options={"verify_signature": False})
