@@ -1,8 +1,8 @@
 """The four Overshoot stream endpoints, served under `/v1` and `/v1beta`.
 
 Thin handlers: count the call, apply any queued fault, authenticate, then one store
-operation and one JSON answer. The shapes and codes follow docs/overshoot-api.md; every
-choice the contract leaves open is marked as a guess. This is the hot path of the load
+operation and one JSON answer. Shapes and codes follow the documented Overshoot API;
+every choice the public docs leave open is marked as a guess. This is the hot path of the load
 benchmark, so nothing here is worse than O(log n) in the number of streams.
 """
 
