@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import base64
 import contextlib
 import dataclasses
 import datetime
@@ -35,7 +36,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,6 @@ DISABLED_CONTROLLERS = (
 )
 
 STOP_TIMEOUT = 10.0
-
-
 WORKDIR_PREFIX = "overshoot-cp-"
 
 
@@ -106,13 +105,6 @@ def _remove_orphaned_workdirs() -> None:
 
 class ControlPlaneError(RuntimeError):
     """The control plane could not be started; the message carries the failing log's tail."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:
@@ -326,6 +318,10 @@ def generate_pki(directory: Path) -> Pki:
     )
 
 
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
 def write_kubeconfig(
     path: Path,
     *,
@@ -335,9 +331,7 @@ def write_kubeconfig(
     credentials: dict[str, str],
     namespace: str | None = None,
 ) -> Path:
-    """A single-context kubeconfig; credentials are embedded so the file stands alone."""
-    import base64
-
+    """A single-context kubeconfig that stands alone (the CA is embedded)."""
     context: dict[str, str] = {"cluster": "overshoot-local", "user": user}
     if namespace:
         context["namespace"] = namespace
@@ -349,7 +343,7 @@ def write_kubeconfig(
                 "name": "overshoot-local",
                 "cluster": {
                     "server": server,
-                    "certificate-authority-data": base64.b64encode(ca_file.read_bytes()).decode(),
+                    "certificate-authority-data": _b64(ca_file),
                 },
             }
         ],
@@ -392,6 +386,9 @@ class Component:
         return self.process is not None and self.process.poll() is None
 
     def start(self, *, die_with_parent: bool) -> None:
+        # PR_SET_PDEATHSIG fires when the *thread* that started the child ends; from any
+        # thread but the main one that would kill the component long before the process ends.
+        die_with_parent = die_with_parent and threading.current_thread() is threading.main_thread()
         with self.log.open("ab") as log:
             # Each component leads its own process group so a stop reaches anything it forks,
             # and a Ctrl-C in the terminal (sent to the foreground group) does not kill the
@@ -629,8 +626,8 @@ class ControlPlane:
             ca_file=self.pki.ca_cert,
             user="admin",
             credentials={
-                "client-certificate": str(self.pki.admin_cert),
-                "client-key": str(self.pki.admin_key),
+                "client-certificate-data": _b64(self.pki.admin_cert),
+                "client-key-data": _b64(self.pki.admin_key),
             },
         )
 
@@ -942,6 +939,7 @@ def serve(nodes: int) -> int:
         kubeconfig=str(plane.kubeconfig),
         server=plane.server,
         pids=plane.pids(),
+        binaries={name: c.args[0] for name, c in plane.components.items()},
         started_seconds=round(plane.started_seconds or 0.0, 1),
     )
     _state_file().write_text(json.dumps(state, indent=2))
@@ -957,12 +955,19 @@ def serve(nodes: int) -> int:
     return 0
 
 
+def _print_exports(state: dict[str, Any]) -> None:
+    print(f"export KUBECONFIG={state['kubeconfig']}")
+    kubectl = binaries.find("kubectl")
+    if kubectl:
+        print(f"export PATH={kubectl.parent}:$PATH  # kubectl {binaries.KUBERNETES_VERSION}")
+
+
 def up(nodes: int, timeout: float) -> int:
     state = _read_state()
     if state and _alive(int(state["supervisor"])):
         print(f"A control plane is already running (supervisor pid {state['supervisor']}).")
         if state.get("kubeconfig"):
-            print(f"export KUBECONFIG={state['kubeconfig']}")
+            _print_exports(state)
         return 0
     # Fail before detaching, where the message reaches the terminal (e.g. no Go installed).
     binaries.ensure(list(BINARIES))
@@ -983,7 +988,7 @@ def up(nodes: int, timeout: float) -> int:
         state = _read_state()
         if state and state.get("status") == "running":
             print(f"Control plane up in {state['started_seconds']} s at {state['server']}.")
-            print(f"export KUBECONFIG={state['kubeconfig']}")
+            _print_exports(state)
             print("Stop it with `make cluster-down` (overshoot-localstack cluster down).")
             return 0
         if state and state.get("status") == "failed":
@@ -1007,8 +1012,15 @@ def down() -> int:
         while _alive(supervisor) and time.monotonic() < deadline:
             time.sleep(0.2)
     # A supervisor killed hard leaves its components; each leads its own process group.
-    for pid in state.get("pids", {}).values():
-        _signal_group(int(pid), signal.SIGKILL)
+    # Only processes still running one of our cached binaries: a stale state file's pids
+    # may belong to something else by now.
+    for name, pid in state.get("pids", {}).items():
+        try:
+            argv0 = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if argv0.decode(errors="replace") == state.get("binaries", {}).get(name):
+            _signal_group(int(pid), signal.SIGKILL)
     shutil.rmtree(run_dir() / "work", ignore_errors=True)
     _state_file().unlink(missing_ok=True)
     print("Control plane stopped.")
@@ -1021,7 +1033,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run a local Kubernetes control plane (etcd, kube-apiserver, "
         "controller-manager, scheduler, kwok Nodes) on 127.0.0.1.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{up,down}")
     p_up = sub.add_parser("up", help="start it detached and print the KUBECONFIG to use")
     p_up.add_argument("--nodes", type=int, default=2, help="kwok Nodes to create (default 2)")
     p_up.add_argument("--timeout", type=float, default=180.0)
@@ -1038,9 +1050,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (binaries.BuildError, ControlPlaneError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-
-
-def iter_logs(plane: ControlPlane) -> Iterator[tuple[str, Path]]:
-    """(component, log path) pairs, for attaching logs to a failed test report."""
-    for name, component in plane.components.items():
-        yield name, component.log
