@@ -1,0 +1,207 @@
+"""Pure decisions: what status says, and how each error becomes a condition and a retry.
+
+Role: given facts about one OvershootStream (spec, what the operator holds, what Overshoot
+reported, what went wrong), compute phase and conditions, and map errors of both remote
+boundaries to a reason a user can act on and a retry delay. No I/O and no clock reads:
+`now` is passed in, so every rule is unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from overshoot_operator import overshoot as ov
+from overshoot_operator import resource as res
+from overshoot_operator.kube import KubeError, SecretProblem
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that stops progress, as a condition reason and message."""
+
+    reason: str
+    message: str
+    # A user must change something (key, credits, a Secret): retried slowly.
+    user_fixable: bool
+    # Seconds until the operator tries again.
+    retry_in: float
+
+
+# Retry cadence of problems a user must fix. Short enough that a fixed Secret is noticed in
+# well under a minute (issue 4: "without waiting minutes"), long enough to cost nothing.
+USER_FIX_RETRY_SECONDS = 15.0
+TRANSIENT_RETRY_SECONDS = 5.0
+
+
+def problem_from_error(err: Exception, *, owner: str, api_key_ref: str) -> Problem:
+    """The one mapping of boundary errors to condition reasons (invariant 8)."""
+    if isinstance(err, SecretProblem):
+        return Problem(err.reason, str(err), True, USER_FIX_RETRY_SECONDS)
+    if isinstance(err, ov.Unauthorized):
+        return Problem(
+            "ApiKeyRejected",
+            f"{owner}: Overshoot rejected the API key in {api_key_ref} "
+            f"({err.status_code}); put a valid, assigned key there",
+            True,
+            USER_FIX_RETRY_SECONDS * 4,
+        )
+    if isinstance(err, ov.PaymentRequired):
+        return Problem(
+            "InsufficientCredits",
+            f"{owner}: Overshoot reports insufficient credits for the key in {api_key_ref} "
+            "(402); add credits to the account",
+            True,
+            USER_FIX_RETRY_SECONDS * 4,
+        )
+    if isinstance(err, ov.RateLimited):
+        wait = err.retry_after if err.retry_after is not None else 30.0
+        return Problem(
+            "RateLimited",
+            f"{owner}: Overshoot refused with 429 (rate or stream limit); retrying in {wait:.0f}s",
+            False,
+            wait,
+        )
+    if isinstance(err, ov.OvershootUnavailable):
+        return Problem(
+            "OvershootUnavailable",
+            f"{owner}: {err.message}; retrying",
+            False,
+            err.retry_after or TRANSIENT_RETRY_SECONDS,
+        )
+    if isinstance(err, ov.OvershootError):
+        return Problem(
+            "OvershootError",
+            f"{owner}: {err.message}; this looks like an API change or a bug, please report it",
+            False,
+            USER_FIX_RETRY_SECONDS * 4,
+        )
+    if isinstance(err, KubeError):
+        return Problem("KubernetesError", f"{owner}: {err}", False, TRANSIENT_RETRY_SECONDS)
+    return Problem("InternalError", f"{owner}: {type(err).__name__}", False, 30.0)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything status is derived from, gathered by the reconciler."""
+
+    generation: int | None
+    suspended: bool
+    failed_reason: str | None  # onRemoteEnd: Fail happened, or the spec is unusable
+    failed_message: str | None
+    stream_id: str | None
+    lease_held: bool
+    last_frame_at_ms: int | None
+    ever_had_frames: bool
+    pod_ready: bool | None
+    problem: Problem | None
+
+
+def frames_fresh(last_frame_at_ms: int | None, *, now: datetime, fresh_seconds: float) -> bool:
+    """Invariant 7: `Publishing` only when Overshoot saw a frame recently."""
+    if last_frame_at_ms is None:
+        return False
+    age = now.timestamp() - last_frame_at_ms / 1000.0
+    return age <= fresh_seconds
+
+
+def summarize(
+    facts: Facts,
+    conditions: list[res.Condition],
+    *,
+    now: datetime,
+    fresh_seconds: float,
+) -> tuple[res.Phase, list[res.Condition]]:
+    """Phase and conditions (Ready, StreamActive, Publishing) from the facts."""
+    gen = facts.generation
+    T = res.ConditionType
+
+    def put(type_: str, status: res.ConditionStatus, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = res.set_condition(
+            conditions, type_, status, reason, message, now=now, observed_generation=gen
+        )
+
+    if facts.suspended:
+        put(T.STREAM_ACTIVE, "False", "Suspended", "spec.suspend is true: no remote stream")
+        put(T.PUBLISHING, "False", "Suspended", "spec.suspend is true: no publisher")
+        put(T.READY, "False", "Suspended", "Suspended by spec.suspend; set it to false to resume")
+        return "Suspended", conditions
+
+    if facts.failed_reason is not None:
+        message = facts.failed_message or facts.failed_reason
+        put(T.STREAM_ACTIVE, "False", facts.failed_reason, message)
+        put(T.PUBLISHING, "False", facts.failed_reason, message)
+        put(T.READY, "False", facts.failed_reason, message)
+        return "Failed", conditions
+
+    fresh = frames_fresh(facts.last_frame_at_ms, now=now, fresh_seconds=fresh_seconds)
+    if facts.lease_held:
+        put(T.STREAM_ACTIVE, "True", "LeaseHeld", f"Stream {facts.stream_id} is active")
+    elif facts.problem is not None:
+        put(T.STREAM_ACTIVE, "False", facts.problem.reason, facts.problem.message)
+    else:
+        put(T.STREAM_ACTIVE, "False", "Creating", "Creating the remote stream")
+
+    if fresh:
+        put(T.PUBLISHING, "True", "FramesArriving", "Overshoot reports frames arriving")
+    elif facts.ever_had_frames:
+        put(
+            T.PUBLISHING,
+            "False",
+            "FramesStopped",
+            f"No frame reached Overshoot in the last {fresh_seconds:.0f}s; "
+            "check the publisher Pod's logs and the source",
+        )
+    elif facts.lease_held:
+        waiting = "publisher Pod not ready yet" if facts.pod_ready is False else "no frame yet"
+        put(T.PUBLISHING, "False", "WaitingForFrames", f"Waiting for frames: {waiting}")
+    else:
+        put(T.PUBLISHING, "False", "NoStream", "No remote stream to publish into")
+
+    if facts.problem is not None and (not facts.lease_held or facts.problem.user_fixable):
+        put(T.READY, "False", facts.problem.reason, facts.problem.message)
+        phase: res.Phase = "Degraded" if facts.lease_held else "Pending"
+        return phase, conditions
+    if not facts.lease_held:
+        put(T.READY, "False", "Creating", "Creating the remote stream")
+        return "Pending", conditions
+    if fresh:
+        if facts.problem is not None:
+            # A transient keepalive failure while frames flow: still serving, say so.
+            put(T.READY, "True", "Publishing", f"Publishing; {facts.problem.message}")
+        else:
+            put(T.READY, "True", "Publishing", "Frames are reaching Overshoot")
+        return "Publishing", conditions
+    if facts.ever_had_frames:
+        put(T.READY, "False", "FramesStopped", "Frames stopped reaching Overshoot")
+        return "Degraded", conditions
+    put(T.READY, "False", "WaitingForFrames", "Stream created; waiting for the first frames")
+    return "Provisioning", conditions
+
+
+def ms_to_datetime(ms: int | None) -> datetime | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000.0, tz=UTC)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_is_lost(pod: dict[str, object] | None, *, node_exists: bool | None) -> bool:
+    """A Pod nobody will bring back: failed for good, finished, or its node is gone.
+
+    A bare Pod is not rescheduled by anyone when its node dies; the operator must replace
+    it. `restartPolicy: Always` makes Failed/Succeeded rare (evictions, node loss).
+    """
+    if pod is None:
+        return True
+    status = pod.get("status")
+    phase = status.get("phase") if isinstance(status, dict) else None
+    if phase in ("Failed", "Succeeded"):
+        return True
+    return node_exists is False

@@ -1,0 +1,143 @@
+"""kopf handlers: thin adapters from kopf's kwargs to the reconciler.
+
+Each handler turns kwargs into a call on the one `Reconciler` built at startup, writes the
+returned status into `patch.status`, and maps "run again in N seconds" to
+`kopf.TemporaryError`. Logic lives in reconciler.py and decisions.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from overshoot_operator import manifests
+from overshoot_operator import overshoot as ov
+from overshoot_operator import resource as res
+from overshoot_operator.kube import Kube, load_api_client
+from overshoot_operator.reconciler import Outcome, Reconciler
+from overshoot_operator.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+# Built by `configure()` (from __main__ or a test) before kopf starts.
+_state: dict[str, Any] = {}
+
+
+def configure(settings: OperatorSettings, *, kubeconfig: str | None = None) -> None:
+    """Install the settings the handlers use; called once before kopf runs."""
+    _state["settings"] = settings
+    _state["kubeconfig"] = kubeconfig
+
+
+def _reconciler() -> Reconciler:
+    reconciler: Reconciler = _state["reconciler"]
+    return reconciler
+
+
+@kopf.on.startup()
+async def start_operator(settings: kopf.OperatorSettings, **_: Any) -> None:
+    ours: OperatorSettings = _state.setdefault("settings", OperatorSettings())
+    # kopf's bookkeeping in annotations under a prefix of the project's own, never in
+    # status or spec (so `kubectl get -o yaml` and GitOps diffs stay clean).
+    prefix = f"kopf.{ours.annotation_prefix}"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = res.FINALIZER
+    # Events only on transitions, and never with a body that might hold secrets.
+    settings.posting.level = logging.INFO
+    # Our due-queue does the timing; kopf's own retry backoff only paces handler errors.
+    settings.execution.max_workers = 8
+    # A lost watch connection must not freeze keepalives of status writes for minutes.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    # Many resources at startup: let each get its resume without queueing the world.
+    settings.batching.worker_limit = 64
+
+    api_client = load_api_client(_state.get("kubeconfig"))
+    kube = Kube(api_client)
+    client = ov.OvershootClient(ours.api_url, max_connections=ours.api_max_concurrency)
+    reconciler = Reconciler(ours, client, kube)
+    reconciler.start()
+    _state.update(reconciler=reconciler, kube=kube, client=client)
+    logger.info("Started overshoot-operator against %s", ours.api_url)
+
+
+@kopf.on.cleanup()
+async def stop_operator(**_: Any) -> None:
+    reconciler: Reconciler | None = _state.pop("reconciler", None)
+    if reconciler is not None:
+        await reconciler.stop()
+        await reconciler.client.aclose()
+        reconciler.kube.close()
+
+
+def _apply(outcome: Outcome, patch: kopf.Patch) -> None:
+    for key, value in outcome.status.items():
+        patch.status[key] = value
+    if outcome.retry_in is not None:
+        raise kopf.TemporaryError("Retrying", delay=outcome.retry_in)
+
+
+@kopf.on.resume(res.GROUP, res.VERSION, res.PLURAL, id="resume-stream")
+async def resume_stream(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    _apply(await _reconciler().reconcile(body, resumed=True), patch)
+
+
+@kopf.on.create(res.GROUP, res.VERSION, res.PLURAL, id="create-stream")
+async def create_stream(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    _apply(await _reconciler().reconcile(body), patch)
+
+
+@kopf.on.update(res.GROUP, res.VERSION, res.PLURAL, field="spec", id="update-stream")
+async def update_stream(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    _apply(await _reconciler().reconcile(body), patch)
+
+
+@kopf.on.field(
+    res.GROUP,
+    res.VERSION,
+    res.PLURAL,
+    field=["metadata", "annotations", res.REFRESH_ANNOTATION],
+    id="refresh-stream",
+)
+async def refresh_stream(body: kopf.Body, patch: kopf.Patch, new: Any, **_: Any) -> None:
+    if new is None:
+        return
+    _apply(await _reconciler().reconcile(body, refresh=True), patch)
+
+
+@kopf.on.delete(res.GROUP, res.VERSION, res.PLURAL, id="delete-stream")
+async def delete_stream(body: kopf.Body, **_: Any) -> None:
+    deleted_at = body["metadata"].get("deletionTimestamp")
+    started = (
+        datetime.fromisoformat(deleted_at.replace("Z", "+00:00"))
+        if deleted_at
+        else datetime.now(UTC)
+    )
+    await _reconciler().finalize(body, started=started)
+
+
+@kopf.on.event("", "v1", "pods", labels={manifests.STREAM_LABEL: kopf.PRESENT})
+async def publisher_pod_changed(
+    event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, **_: Any
+) -> None:
+    """Bring back a publisher Pod that was deleted (evicted, node gone) or failed."""
+    obj = event.get("object") or {}
+    phase = (obj.get("status") or {}).get("phase")
+    if event.get("type") != "DELETED" and phase not in ("Failed", "Succeeded"):
+        return
+    owner = labels.get(manifests.STREAM_LABEL)
+    if namespace and owner:
+        await _reconciler().on_pod_change(namespace, owner)
+
+
+@kopf.on.probe(id="streams")
+def streams_probe(**_: Any) -> int:
+    reconciler: Reconciler | None = _state.get("reconciler")
+    return len(reconciler.tracked) if reconciler else 0

@@ -1,0 +1,283 @@
+"""Kubernetes I/O for the operator: the only module that imports the `kubernetes` client.
+
+Boundary: the Kubernetes API (Secrets, Pods, OvershootStream metadata and status). The
+client is synchronous, so every call runs in a worker thread (`asyncio.to_thread`) and
+nothing blocks the event loop. Results are plain dicts (`_preload_content=False` skips the
+generated models, which cost more CPU than the calls themselves).
+
+Errors are translated once into `KubeError` and its subclasses; messages never include a
+Secret's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from overshoot_operator import resource as res
+
+T = TypeVar("T")
+
+
+class KubeError(Exception):
+    """A Kubernetes API call failed; `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFoundError(KubeError):
+    pass
+
+
+class ConflictError(KubeError):
+    pass
+
+
+class SecretProblem(KubeError):
+    """A Secret a resource refers to is missing or lacks a key; a user must fix it."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, status=None)
+        self.reason = reason
+
+
+def load_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
+    """An ApiClient from in-cluster config, or the kubeconfig (explicit path or default)."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        if kubeconfig:
+            raise kubernetes.config.ConfigException("explicit kubeconfig")
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    # Enough pooled connections for the worker threads that carry our calls.
+    configuration.connection_pool_maxsize = 32
+    return kubernetes.client.ApiClient(configuration)
+
+
+class Kube:
+    """Typed async operations on the objects the operator reads and owns."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self._api = api_client
+        self._core = kubernetes.client.CoreV1Api(api_client)
+        self._custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    def close(self) -> None:
+        self._api.close()  # type: ignore[no-untyped-call]
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        def run() -> Any:
+            response = fn(*args, _preload_content=False, **kw)
+            data = response.data
+            return json.loads(data) if data else None
+
+        try:
+            return await asyncio.to_thread(run)
+        except ApiException as err:
+            message = f"{what} failed: {err.status} {err.reason}"
+            message += _status_message(err.body)
+            if err.status == 404:
+                raise NotFoundError(message, status=404) from None
+            if err.status == 409:
+                raise ConflictError(message, status=409) from None
+            # `from None`: ApiException's text includes response headers and body.
+            raise KubeError(message, status=err.status) from None
+
+    # ---- user Secrets (API key, source credentials) ------------------------------------
+
+    async def read_secret_value(
+        self, namespace: str, name: str, key: str, *, field: str, owner: str
+    ) -> str:
+        """One key of a Secret, decoded. `field` and `owner` only shape the error message."""
+        try:
+            secret = await self._call(
+                f"Get Secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace
+            )
+        except NotFoundError:
+            raise SecretProblem(
+                f"{owner}: {field} names Secret {namespace}/{name}, which does not exist; "
+                f"create it with key {key!r}",
+                reason="SecretNotFound",
+            ) from None
+        data = (secret or {}).get("data") or {}
+        if key not in data:
+            present = ", ".join(sorted(data)) or "none"
+            raise SecretProblem(
+                f"{owner}: {field} Secret {namespace}/{name} has no key {key!r} "
+                f"(keys present: {present}); add it or point {field} at the right key",
+                reason="SecretKeyMissing",
+            )
+        try:
+            value = base64.b64decode(data[key], validate=True).decode("utf-8").strip()
+        except (binascii.Error, UnicodeDecodeError):
+            value = ""
+        if not value:
+            raise SecretProblem(
+                f"{owner}: {field} Secret {namespace}/{name} key {key!r} is empty or not text; "
+                "put the value in it",
+                reason="SecretKeyInvalid",
+            )
+        return value
+
+    async def check_secret_keys(
+        self, namespace: str, name: str, keys: list[str], *, field: str, owner: str
+    ) -> None:
+        """Raise SecretProblem unless the Secret exists with all `keys` (values unread)."""
+        for key in keys:
+            await self.read_secret_value(namespace, name, key, field=field, owner=owner)
+
+    # ---- owned Secret ------------------------------------------------------------------
+
+    async def read_publish_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The owned publish Secret's decoded data, or None if it does not exist."""
+        try:
+            secret = await self._call(
+                f"Get Secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace
+            )
+        except NotFoundError:
+            return None
+        out: dict[str, str] = {}
+        for key, value in ((secret or {}).get("data") or {}).items():
+            try:
+                out[key] = base64.b64decode(value).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+        return out
+
+    async def apply_secret(self, manifest: Mapping[str, Any]) -> None:
+        """Create the Secret, or replace its data if it exists (we own it)."""
+        meta = manifest["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            await self._call(
+                f"Create Secret {namespace}/{name}",
+                self._core.create_namespaced_secret,
+                namespace,
+                dict(manifest),
+            )
+        except ConflictError:
+            await self._call(
+                f"Patch Secret {namespace}/{name}",
+                self._core.patch_namespaced_secret,
+                name,
+                namespace,
+                dict(manifest),
+            )
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            await self._call(
+                f"Delete Secret {namespace}/{name}",
+                self._core.delete_namespaced_secret,
+                name,
+                namespace,
+            )
+
+    # ---- owned Pod ---------------------------------------------------------------------
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            pod: dict[str, Any] = await self._call(
+                f"Get Pod {namespace}/{name}", self._core.read_namespaced_pod, name, namespace
+            )
+        except NotFoundError:
+            return None
+        return pod
+
+    async def create_pod(self, manifest: Mapping[str, Any]) -> None:
+        meta = manifest["metadata"]
+        await self._call(
+            f"Create Pod {meta['namespace']}/{meta['name']}",
+            self._core.create_namespaced_pod,
+            meta["namespace"],
+            dict(manifest),
+        )
+
+    async def delete_pod(self, namespace: str, name: str, *, uid: str | None = None) -> None:
+        """Delete the Pod; with `uid`, only that incarnation (never a successor)."""
+        body: dict[str, Any] = {"preconditions": {"uid": uid}} if uid else {}
+        with contextlib.suppress(NotFoundError, ConflictError):
+            await self._call(
+                f"Delete Pod {namespace}/{name}",
+                self._core.delete_namespaced_pod,
+                name,
+                namespace,
+                body=body,
+            )
+
+    async def node_exists(self, name: str) -> bool:
+        try:
+            await self._call(f"Get Node {name}", self._core.read_node, name)
+        except NotFoundError:
+            return False
+        return True
+
+    # ---- the OvershootStream itself ----------------------------------------------------
+
+    async def get_stream_resource(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = await self._call(
+                f"Get {res.KIND} {namespace}/{name}",
+                self._custom.get_namespaced_custom_object,
+                res.GROUP,
+                res.VERSION,
+                namespace,
+                res.PLURAL,
+                name,
+            )
+        except NotFoundError:
+            return None
+        return obj
+
+    async def patch_stream_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        await self._call(
+            f"Patch {res.KIND} {namespace}/{name}",
+            self._custom.patch_namespaced_custom_object,
+            res.GROUP,
+            res.VERSION,
+            namespace,
+            res.PLURAL,
+            name,
+            {"metadata": {"annotations": dict(annotations)}},
+        )
+
+    async def patch_stream_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        """A JSON merge patch of the status subresource (None deletes a field)."""
+        await self._call(
+            f"Patch {res.KIND} {namespace}/{name} status",
+            self._custom.patch_namespaced_custom_object_status,
+            res.GROUP,
+            res.VERSION,
+            namespace,
+            res.PLURAL,
+            name,
+            {"status": dict(status)},
+        )
+
+
+def _status_message(body: Any) -> str:
+    """The `message` of a Kubernetes Status body, which never carries Secret data."""
+    try:
+        parsed = json.loads(body) if isinstance(body, str | bytes) else None
+    except ValueError:
+        return ""
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return f": {parsed['message'][:300]}"
+    return ""

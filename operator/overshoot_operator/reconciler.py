@@ -1,0 +1,969 @@
+"""The stream lifecycle: provision, keep alive, refresh, recreate, release, finalize.
+
+Role: the orchestration between the pure parts (decisions, schedule, manifests) and the
+two remote boundaries (overshoot.py, kube.py). kopf handlers call `reconcile()` and
+`finalize()`; the due-queues call `_keepalive_due()` and `_poll_due()`.
+
+State: for each stream with a live lease the process keeps one `Tracked` entry (stream id,
+API key, expiry, last conditions). It is rebuilt from status on start (`reconcile` with
+`resumed=True`) without calling Overshoot when the stored lease is comfortably alive, so a
+restart neither recreates streams nor restarts publishers (invariant 3). A per-resource
+lock serialises handlers, keepalives and polls of the same resource.
+
+Status writes: handlers return the status patch to kopf (`patch.status`); background jobs
+write it directly through kube.py. The stream id is written directly right after create,
+before anything else (invariant 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import SecretStr, ValidationError
+
+from overshoot_operator import decisions as dec
+from overshoot_operator import manifests, metrics
+from overshoot_operator import overshoot as ov
+from overshoot_operator import resource as res
+from overshoot_operator import schedule as sch
+from overshoot_operator.kube import ConflictError, Kube, KubeError, SecretProblem
+from overshoot_operator.limiter import CallLimiter, Priority
+from overshoot_operator.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Tracked:
+    """What the process holds for one resource with a live remote stream."""
+
+    namespace: str
+    name: str
+    uid: str
+    stream_id: str
+    api_key: SecretStr
+    api_key_ref: str
+    api_key_selector: res.SecretKeySelector
+    interval: float
+    on_remote_end: str
+    expires_at_ms: int
+    generation: int | None
+    recreations: int
+    conditions: list[res.Condition] = field(default_factory=list)
+    last_frame_at_ms: int | None = None
+    ever_had_frames: bool = False
+    problem: dec.Problem | None = None
+    pod_ready: bool | None = None
+    polls_without_frames: int = 0
+    keepalive_due_wall: float | None = None
+    phase: res.Phase | None = None
+    last_stream_state: ov.StreamState | None = None
+    last_keepalive: datetime | None = None
+
+    @property
+    def owner(self) -> str:
+        return f"{res.KIND} {self.namespace}/{self.name}"
+
+    def ref(self) -> dict[str, Any]:
+        """Enough of the object for kopf.event() and ownerReferences."""
+        return {
+            "apiVersion": res.API_VERSION,
+            "kind": res.KIND,
+            "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid},
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler hands back to kopf: a status patch, and when to run again."""
+
+    status: dict[str, Any]
+    retry_in: float | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        client: ov.OvershootClient,
+        kube: Kube,
+        *,
+        clock: Clock = _utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.kube = kube
+        self.limiter = CallLimiter(settings.api_max_concurrency, settings.api_max_per_second)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.defaults = res.SpecDefaults(
+            api_key_secret=res.SecretKeySelector(
+                namespace=settings.default_api_key_secret_namespace,
+                name=settings.default_api_key_secret_name,
+                key=settings.default_api_key_secret_key,
+            ),
+            keepalive_interval_seconds=settings.keepalive_interval_seconds,
+            publisher_image=settings.publisher_image,
+            publisher_resources=res.ResourceRequirements(
+                requests={
+                    "cpu": settings.publisher_cpu_request,
+                    "memory": settings.publisher_memory_request,
+                },
+                limits={
+                    "cpu": settings.publisher_cpu_limit,
+                    "memory": settings.publisher_memory_limit,
+                },
+            ),
+        )
+        self.tracked: dict[Key, Tracked] = {}
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self.keepalives: sch.DueQueue[Key] = sch.DueQueue(self._keepalive_due, name="keepalive")
+        self.polls: sch.DueQueue[Key] = sch.DueQueue(self._poll_due, name="status-poll")
+
+    # ---- lifecycle of the process ------------------------------------------------------
+
+    def start(self) -> None:
+        self.keepalives.start()
+        self.polls.start()
+
+    async def stop(self) -> None:
+        await self.keepalives.stop()
+        await self.polls.stop()
+
+    def _lock(self, key: Key) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def _untrack(self, key: Key) -> Tracked | None:
+        self.keepalives.cancel(key)
+        self.polls.cancel(key)
+        self._refresh_gauges()
+        return self.tracked.pop(key, None)
+
+    def _refresh_gauges(self) -> None:
+        counts: dict[str, int] = dict.fromkeys(res.PHASES, 0)
+        soonest: float | None = None
+        now_ms = time.time() * 1000
+        for t in self.tracked.values():
+            if t.phase:
+                counts[t.phase] += 1
+            left = (t.expires_at_ms - now_ms) / 1000
+            soonest = left if soonest is None else min(soonest, left)
+        for phase, n in counts.items():
+            metrics.STREAMS_BY_PHASE.labels(phase).set(n)
+        if soonest is not None:
+            metrics.SECONDS_TO_EXPIRY.set(soonest)
+
+    # ---- Overshoot calls, through the limiter and the metrics ---------------------------
+
+    async def _api(self, priority: Priority, endpoint: str, call: Any) -> Any:
+        async with self.limiter.slot(priority):
+            try:
+                result = await call
+            except ov.OvershootError as err:
+                outcome = str(err.status_code) if err.status_code else type(err).__name__
+                metrics.API_CALLS.labels(endpoint, outcome).inc()
+                raise
+            metrics.API_CALLS.labels(endpoint, "ok").inc()
+            return result
+
+    # ---- reconcile: level-based, idempotent --------------------------------------------
+
+    async def reconcile(
+        self, body: Mapping[str, Any], *, resumed: bool = False, refresh: bool = False
+    ) -> Outcome:
+        meta = body["metadata"]
+        key: Key = (meta["namespace"], meta["name"])
+        async with self._lock(key):
+            return await self._reconcile_locked(body, key, resumed=resumed, refresh=refresh)
+
+    async def _reconcile_locked(
+        self, body: Mapping[str, Any], key: Key, *, resumed: bool, refresh: bool
+    ) -> Outcome:
+        namespace, name = key
+        meta = body["metadata"]
+        owner = f"{res.KIND} {namespace}/{name}"
+        generation = meta.get("generation")
+        status = res.parse_status(body.get("status"))
+        tracked = self.tracked.get(key)
+        conditions = tracked.conditions if tracked else list(status.conditions)
+        now = self.clock()
+
+        try:
+            spec = res.effective_spec(
+                res.parse_spec(body.get("spec") or {}), self.defaults, namespace=namespace
+            )
+        except ValidationError as err:
+            # The CRD refuses what it can at admission; this catches the rest.
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            message = f"{owner}: spec.{where}: {first['msg']}; fix the spec"
+            return self._static_status(
+                conditions, generation, now, failed=("InvalidSpec", message), status=status
+            )
+
+        if spec.suspend:
+            await self._release(key, body, status, spec, why="suspended")
+            phase, conditions = dec.summarize(
+                self._facts_none(generation, suspended=True),
+                conditions,
+                now=now,
+                fresh_seconds=self.settings.frames_fresh_seconds,
+            )
+            patch = self._base_status(phase, conditions, generation)
+            patch.update({"streamId": None, "expiresAt": None, "publisherPod": None})
+            patch.update({"secretName": None, "stream": None})
+            return Outcome(patch)
+
+        api_key_ref = (
+            f"Secret {spec.api_key_secret.namespace}/{spec.api_key_secret.name} "
+            f"key {spec.api_key_secret.key!r}"
+        )
+        field_name = (
+            "spec.apiKeySecretRef"
+            if body["spec"].get("apiKeySecretRef")
+            else ("the operator's default API key Secret")
+        )
+        try:
+            api_key = SecretStr(
+                await self.kube.read_secret_value(
+                    spec.api_key_secret.namespace,
+                    spec.api_key_secret.name,
+                    spec.api_key_secret.key,
+                    field=field_name,
+                    owner=owner,
+                )
+            )
+            creds = spec.source.credentials_secret_ref
+            if creds is not None:
+                await self.kube.check_secret_keys(
+                    namespace,
+                    creds.name,
+                    [creds.username_key, creds.password_key],
+                    field=f"spec.source.{spec.source.kind}.credentialsSecretRef",
+                    owner=owner,
+                )
+        except (SecretProblem, KubeError) as err:
+            problem = dec.problem_from_error(err, owner=owner, api_key_ref=api_key_ref)
+            if tracked is not None:
+                tracked.problem = problem
+            return self._problem_status(conditions, generation, now, problem, tracked)
+
+        try:
+            tracked = await self._ensure_stream(
+                key, body, status, spec, api_key, api_key_ref, resumed=resumed, refresh=refresh
+            )
+        except _RemoteFailed as failed:
+            return self._static_status(
+                conditions,
+                generation,
+                now,
+                failed=(failed.reason, failed.message),
+                status=status,
+            )
+        except (ov.OvershootError, KubeError) as err:
+            problem = dec.problem_from_error(err, owner=owner, api_key_ref=api_key_ref)
+            if not problem.user_fixable:
+                _post(kopf.warn, dict(body), reason=problem.reason, message=problem.message)
+            return self._problem_status(conditions, generation, now, problem, tracked)
+
+        tracked.generation = generation
+        tracked.interval = spec.keepalive_interval_seconds
+        tracked.on_remote_end = spec.on_remote_end
+        retry_in: float | None = None
+        try:
+            retry_in = await self._ensure_publisher(body, spec, tracked)
+        except manifests.ManifestError as err:
+            tracked.problem = dec.Problem("InvalidSpec", str(err), True, dec.USER_FIX_RETRY_SECONDS)
+        except KubeError as err:
+            tracked.problem = dec.problem_from_error(err, owner=owner, api_key_ref=api_key_ref)
+            retry_in = tracked.problem.retry_in
+        if refresh:
+            await self._poll_now(tracked)
+        patch = self._tracked_status(tracked)
+        return Outcome(patch, retry_in)
+
+    # ---- the remote stream ---------------------------------------------------------------
+
+    async def _ensure_stream(
+        self,
+        key: Key,
+        body: Mapping[str, Any],
+        status: res.OvershootStreamStatus,
+        spec: res.EffectiveSpec,
+        api_key: SecretStr,
+        api_key_ref: str,
+        *,
+        resumed: bool,
+        refresh: bool,
+    ) -> Tracked:
+        namespace, name = key
+        meta = body["metadata"]
+        tracked = self.tracked.get(key)
+        if tracked is not None:
+            tracked.api_key = api_key  # a rotated key takes effect on the next call
+            tracked.api_key_ref = api_key_ref
+            tracked.problem = None
+            if refresh:
+                await self._keepalive_locked(tracked)
+            return tracked
+
+        annotations = meta.get("annotations") or {}
+        recorded = res.parse_stream_id(status.stream_id)
+        adopted = res.parse_stream_id(annotations.get(res.STREAM_ID_ANNOTATION))
+        stream_id = recorded or adopted
+        recreations = status.recreations
+        publish: ov.PublishInfo | None = None
+        expires_at_ms: int | None = None
+        secret_name = res.publish_secret_name(name)
+
+        if stream_id is not None:
+            secret = await self.kube.read_publish_secret(namespace, secret_name)
+            secret_ok = bool(secret) and (secret or {}).get("streamId") == stream_id
+            stored_expiry = status.expires_at
+            left = (stored_expiry - self.clock()).total_seconds() if stored_expiry else None
+            if (
+                resumed
+                and not refresh
+                and secret_ok
+                and left is not None
+                and left > sch.SAFETY_MARGIN_SECONDS
+            ):
+                # Invariant 3: the stored lease is alive; resume its schedule, call nothing.
+                assert stored_expiry is not None
+                expires_at_ms = int(stored_expiry.timestamp() * 1000)
+            else:
+                try:
+                    result = await self._api(
+                        Priority.KEEPALIVE,
+                        "keepalive",
+                        self.client.keepalive(api_key, stream_id),
+                    )
+                    expires_at_ms = result.expires_at_ms
+                    publish = result.publish
+                    if publish is None and not secret_ok:
+                        # Guess: keepalive always returns `publish`; without it and without
+                        # a Secret we have no token for this stream, so start over.
+                        stream_id = None
+                except ov.NotFound:
+                    end_reason = await self._end_reason(api_key, recorded or adopted or "")
+                    if recorded is not None and spec.on_remote_end == "Fail":
+                        raise _RemoteFailed(
+                            "RemoteStreamEnded",
+                            f"{res.KIND} {namespace}/{name}: remote stream {stream_id} ended "
+                            f"({end_reason}) and spec.onRemoteEnd is Fail; set it to Recreate "
+                            "or recreate the resource",
+                        ) from None
+                    if recorded is not None:
+                        recreations += 1
+                        metrics.RECREATIONS.labels(end_reason).inc()
+                        _post(
+                            kopf.info,
+                            dict(body),
+                            reason="StreamEnded",
+                            message=f"Remote stream {stream_id} ended ({end_reason}); "
+                            "creating a new one",
+                        )
+                    else:
+                        _post(
+                            kopf.warn,
+                            dict(body),
+                            reason="AdoptionFailed",
+                            message=f"Stream {stream_id} from annotation "
+                            f"{res.STREAM_ID_ANNOTATION} is not active; creating a new one",
+                        )
+                    stream_id = None
+
+        if stream_id is None:
+            created = await self._api(Priority.CREATE, "create", self.client.create_stream(api_key))
+            stream_id = created.id
+            publish = created.publish
+            expires_at_ms = created.expires_at_ms
+            await self._record_stream_id(namespace, name, stream_id, recreations)
+            _post(
+                kopf.info,
+                dict(body),
+                reason="StreamCreated",
+                message=f"Created remote stream {stream_id}",
+            )
+            logger.info("Created stream %s for %s %s/%s", stream_id, res.KIND, namespace, name)
+
+        assert expires_at_ms is not None
+        tracked = Tracked(
+            namespace=namespace,
+            name=name,
+            uid=meta.get("uid", ""),
+            stream_id=stream_id,
+            api_key=api_key,
+            api_key_ref=api_key_ref,
+            api_key_selector=spec.api_key_secret,
+            interval=spec.keepalive_interval_seconds,
+            on_remote_end=spec.on_remote_end,
+            expires_at_ms=expires_at_ms,
+            generation=meta.get("generation"),
+            recreations=recreations,
+            conditions=list(status.conditions),
+            last_frame_at_ms=(
+                int(status.stream.last_frame_at.timestamp() * 1000)
+                if status.stream and status.stream.last_frame_at
+                else None
+            ),
+            ever_had_frames=bool(status.stream and status.stream.last_frame_index is not None),
+        )
+        if publish is not None:
+            await self._write_publish_secret(tracked, publish)
+        self.tracked[key] = tracked
+        self._schedule_keepalive(tracked, after_success=True)
+        self.polls.schedule(key, 0 if not resumed else self.rng.uniform(0, 10))
+        return tracked
+
+    async def _record_stream_id(
+        self, namespace: str, name: str, stream_id: str, recreations: int
+    ) -> None:
+        """Invariant 2: write the new id down before anything else can fail."""
+        await self.kube.patch_stream_annotations(
+            namespace, name, {res.STREAM_ID_ANNOTATION: stream_id}
+        )
+        await self.kube.patch_stream_status(
+            namespace,
+            name,
+            {
+                "streamId": stream_id,
+                "secretName": res.publish_secret_name(name),
+                "recreations": recreations,
+            },
+        )
+
+    async def _end_reason(self, api_key: SecretStr, stream_id: str) -> str:
+        """Why a stream ended, if its tombstone is still readable."""
+        try:
+            state = await self._api(Priority.GET, "get", self.client.get_stream(api_key, stream_id))
+        except ov.OvershootError:
+            return "unknown"
+        return state.end_reason or ("unknown" if state.ended else "active")
+
+    async def _write_publish_secret(self, tracked: Tracked, publish: ov.PublishInfo) -> None:
+        manifest = manifests.build_publish_secret(
+            tracked.ref(),
+            url=publish.url,
+            token=publish.token.get_secret_value(),
+            stream_id=tracked.stream_id,
+        )
+        await self.kube.apply_secret(manifest)
+
+    def _schedule_keepalive(self, tracked: Tracked, *, after_success: bool) -> None:
+        left = tracked.expires_at_ms / 1000.0 - time.time()
+        if after_success:
+            delay = sch.next_keepalive_delay(
+                seconds_to_expiry=left,
+                interval=tracked.interval,
+                jitter=self.settings.keepalive_jitter,
+                rng=self.rng,
+            )
+        else:
+            retry_after = getattr(tracked.problem, "retry_in", None)
+            delay = sch.retry_keepalive_delay(
+                seconds_to_expiry=left,
+                interval=tracked.interval,
+                retry_after=retry_after,
+                rng=self.rng,
+            )
+        tracked.keepalive_due_wall = time.time() + delay
+        self.keepalives.schedule((tracked.namespace, tracked.name), delay)
+
+    # ---- the publisher ---------------------------------------------------------------------
+
+    async def _ensure_publisher(
+        self, body: Mapping[str, Any], spec: res.EffectiveSpec, tracked: Tracked
+    ) -> float | None:
+        """Create the Pod if missing, replace it if its config changed or it is lost.
+
+        Returns seconds until another pass is needed (a replaced Pod must finish
+        terminating before its successor, with the same name, can be created).
+        """
+        desired = manifests.build_publisher_pod(body, spec, self.settings)
+        pod_name = desired["metadata"]["name"]
+        pod = await self.kube.get_pod(tracked.namespace, pod_name)
+        if pod is not None and pod["metadata"].get("deletionTimestamp"):
+            return 2.0
+        if pod is not None and (
+            manifests.pod_needs_replacement(pod, desired) or dec.pod_is_lost(pod, node_exists=None)
+        ):
+            await self.kube.delete_pod(tracked.namespace, pod_name, uid=pod["metadata"]["uid"])
+            logger.info("Deleted Pod %s/%s to replace it", tracked.namespace, pod_name)
+            return 2.0
+        if pod is None:
+            try:
+                await self.kube.create_pod(desired)
+            except ConflictError:
+                return 2.0
+            logger.info("Created Pod %s/%s", tracked.namespace, pod_name)
+            tracked.pod_ready = False
+            return None
+        tracked.pod_ready = _pod_ready(pod)
+        return None
+
+    async def on_pod_change(self, namespace: str, owner_name: str) -> None:
+        """A publisher Pod was deleted or failed: bring it back (a bare Pod is not
+        rescheduled by anyone else)."""
+        body = await self.kube.get_stream_resource(namespace, owner_name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        outcome = await self.reconcile(body)
+        await self.kube.patch_stream_status(namespace, owner_name, outcome.status)
+
+    # ---- release (suspend) and finalize (delete) ----------------------------------------
+
+    async def _release(
+        self,
+        key: Key,
+        body: Mapping[str, Any],
+        status: res.OvershootStreamStatus,
+        spec: res.EffectiveSpec,
+        *,
+        why: str,
+    ) -> None:
+        """Stop keepalives at once, delete the remote stream, remove Pod and Secret."""
+        tracked = self._untrack(key)
+        namespace, name = key
+        stream_id = tracked.stream_id if tracked else res.parse_stream_id(status.stream_id)
+        if stream_id is not None:
+            api_key = tracked.api_key if tracked else None
+            if api_key is None:
+                try:
+                    api_key = SecretStr(
+                        await self.kube.read_secret_value(
+                            spec.api_key_secret.namespace,
+                            spec.api_key_secret.name,
+                            spec.api_key_secret.key,
+                            field="spec.apiKeySecretRef",
+                            owner=f"{res.KIND} {namespace}/{name}",
+                        )
+                    )
+                except KubeError:
+                    api_key = None
+            if api_key is not None:
+                try:
+                    await self._api(
+                        Priority.DELETE, "delete", self.client.delete_stream(api_key, stream_id)
+                    )
+                except ov.OvershootError as err:
+                    # Keepalives already stopped: the lease ends the stream within 300 s.
+                    _post(
+                        kopf.warn,
+                        dict(body),
+                        reason="DeleteFailed",
+                        message=f"Could not delete remote stream {stream_id} ({err.message}); "
+                        "its lease ends it within 300s",
+                    )
+            await self.kube.patch_stream_annotations(
+                namespace, name, {res.STREAM_ID_ANNOTATION: None}
+            )
+            _post(
+                kopf.info,
+                dict(body),
+                reason="StreamReleased",
+                message=f"Released stream {stream_id} ({why})",
+            )
+        await self.kube.delete_pod(namespace, res.publisher_pod_name(name))
+        await self.kube.delete_secret(namespace, res.publish_secret_name(name))
+
+    async def finalize(self, body: Mapping[str, Any], *, started: datetime) -> None:
+        """Deletion: stop keepalives, DELETE the remote stream, never hang (invariant 1).
+
+        Raises kopf.TemporaryError to retry while the API is unreachable, until
+        `delete_give_up_seconds` have passed since deletion began; then lets go, because
+        the stopped keepalives let the lease end the stream within 300 s anyway.
+        """
+        meta = body["metadata"]
+        key: Key = (meta["namespace"], meta["name"])
+        owner = f"{res.KIND} {key[0]}/{key[1]}"
+        async with self._lock(key):
+            tracked = self._untrack(key)
+            status = res.parse_status(body.get("status"))
+            stream_id = tracked.stream_id if tracked else res.parse_stream_id(status.stream_id)
+            if stream_id is None:
+                stream_id = res.parse_stream_id(
+                    (meta.get("annotations") or {}).get(res.STREAM_ID_ANNOTATION)
+                )
+            if stream_id is None:
+                return
+            api_key = tracked.api_key if tracked else None
+            if api_key is None:
+                try:
+                    spec = res.effective_spec(
+                        res.parse_spec(body.get("spec") or {}), self.defaults, namespace=key[0]
+                    )
+                    api_key = SecretStr(
+                        await self.kube.read_secret_value(
+                            spec.api_key_secret.namespace,
+                            spec.api_key_secret.name,
+                            spec.api_key_secret.key,
+                            field="spec.apiKeySecretRef",
+                            owner=owner,
+                        )
+                    )
+                except (ValidationError, KubeError) as err:
+                    _post(
+                        kopf.warn,
+                        dict(body),
+                        reason="DeleteSkipped",
+                        message=f"No API key to delete stream {stream_id} ({err}); "
+                        "its lease ends it within 300s",
+                    )
+                    return
+            try:
+                deleted = await self._api(
+                    Priority.DELETE, "delete", self.client.delete_stream(api_key, stream_id)
+                )
+            except ov.OvershootError as err:
+                waited = (self.clock() - started).total_seconds()
+                if err.retryable and waited < self.settings.delete_give_up_seconds:
+                    delay = sch.backoff_delay(
+                        max(1, int(waited // 5) + 1),
+                        cap=15.0,
+                        retry_after=getattr(err, "retry_after", None),
+                        rng=self.rng,
+                    )
+                    raise kopf.TemporaryError(
+                        f"Deleting stream {stream_id} failed: {err.message}", delay=delay
+                    ) from None
+                _post(
+                    kopf.warn,
+                    dict(body),
+                    reason="DeleteAbandoned",
+                    message=f"Gave up deleting stream {stream_id} after {waited:.0f}s "
+                    f"({err.message}); keepalives stopped, so its lease ends it within 300s",
+                )
+                return
+            verb = "Deleted" if deleted else "Stream already gone:"
+            logger.info("%s remote stream %s of %s", verb, stream_id, owner)
+
+    # ---- background jobs: keepalive and status poll ------------------------------------
+
+    async def _keepalive_due(self, key: Key) -> None:
+        async with self._lock(key):
+            tracked = self.tracked.get(key)
+            if tracked is None:
+                return
+            if tracked.keepalive_due_wall is not None:
+                lateness = max(0.0, time.time() - tracked.keepalive_due_wall)
+                metrics.KEEPALIVE_LATENESS.observe(lateness)
+            await self._keepalive_locked(tracked)
+            if key in self.tracked:
+                await self._write_status(self.tracked[key])
+
+    async def _keepalive_locked(self, tracked: Tracked) -> None:
+        key = (tracked.namespace, tracked.name)
+        try:
+            result = await self._api(
+                Priority.KEEPALIVE,
+                "keepalive",
+                self.client.keepalive(tracked.api_key, tracked.stream_id),
+            )
+        except ov.NotFound:
+            metrics.KEEPALIVES.labels("ended").inc()
+            await self._remote_ended(tracked)
+            return
+        except ov.OvershootError as err:
+            metrics.KEEPALIVES.labels("error").inc()
+            tracked.problem = dec.problem_from_error(
+                err, owner=tracked.owner, api_key_ref=tracked.api_key_ref
+            )
+            if isinstance(err, ov.Unauthorized):
+                await self._reread_api_key(tracked)
+            self._schedule_keepalive(tracked, after_success=False)
+            return
+        metrics.KEEPALIVES.labels("ok").inc()
+        tracked.problem = None
+        tracked.last_keepalive = self.clock()
+        tracked.expires_at_ms = result.expires_at_ms
+        if result.publish is not None:
+            try:
+                await self._write_publish_secret(tracked, result.publish)
+            except KubeError as err:
+                tracked.problem = dec.problem_from_error(
+                    err, owner=tracked.owner, api_key_ref=tracked.api_key_ref
+                )
+        self._schedule_keepalive(tracked, after_success=True)
+        if key in self.tracked:
+            self._refresh_gauges()
+
+    async def _reread_api_key(self, tracked: Tracked) -> None:
+        sel = tracked.api_key_selector
+        with contextlib.suppress(KubeError):
+            tracked.api_key = SecretStr(
+                await self.kube.read_secret_value(
+                    sel.namespace,
+                    sel.name,
+                    sel.key,
+                    field="spec.apiKeySecretRef",
+                    owner=tracked.owner,
+                )
+            )
+
+    async def _remote_ended(self, tracked: Tracked) -> None:
+        """Invariant 6: a stream that ended on its own is recreated (or Failed)."""
+        key = (tracked.namespace, tracked.name)
+        end_reason = await self._end_reason(tracked.api_key, tracked.stream_id)
+        old = tracked.stream_id
+        if tracked.on_remote_end == "Fail":
+            self._untrack(key)
+            message = (
+                f"{tracked.owner}: remote stream {old} ended ({end_reason}) and "
+                "spec.onRemoteEnd is Fail; set it to Recreate or recreate the resource"
+            )
+            _post(kopf.warn, tracked.ref(), reason="RemoteStreamEnded", message=message)
+            await self.kube.delete_pod(tracked.namespace, res.publisher_pod_name(tracked.name))
+            phase, conditions = dec.summarize(
+                self._facts_none(tracked.generation, failed=("RemoteStreamEnded", message)),
+                tracked.conditions,
+                now=self.clock(),
+                fresh_seconds=self.settings.frames_fresh_seconds,
+            )
+            patch = self._base_status(phase, conditions, tracked.generation)
+            patch["stream"] = {"endReason": end_reason}
+            await self.kube.patch_stream_status(tracked.namespace, tracked.name, patch)
+            return
+        try:
+            created = await self._api(
+                Priority.CREATE, "create", self.client.create_stream(tracked.api_key)
+            )
+        except ov.OvershootError as err:
+            tracked.problem = dec.problem_from_error(
+                err, owner=tracked.owner, api_key_ref=tracked.api_key_ref
+            )
+            # The old id stays recorded; the next attempt sees 404 again and retries create.
+            self._schedule_keepalive(tracked, after_success=False)
+            return
+        tracked.recreations += 1
+        tracked.stream_id = created.id
+        tracked.expires_at_ms = created.expires_at_ms
+        tracked.last_frame_at_ms = None
+        tracked.ever_had_frames = False
+        tracked.polls_without_frames = 0
+        tracked.problem = None
+        await self._record_stream_id(
+            tracked.namespace, tracked.name, created.id, tracked.recreations
+        )
+        metrics.RECREATIONS.labels(end_reason).inc()
+        await self._write_publish_secret(tracked, created.publish)
+        _post(
+            kopf.info,
+            tracked.ref(),
+            reason="StreamRecreated",
+            message=f"Remote stream {old} ended ({end_reason}); created {created.id} and "
+            "moved the publisher to it",
+        )
+        logger.info(
+            "Recreated stream %s (was %s, %s) for %s", created.id, old, end_reason, tracked.owner
+        )
+        self._schedule_keepalive(tracked, after_success=True)
+        self.polls.schedule(key, 1.0)
+
+    async def _poll_due(self, key: Key) -> None:
+        async with self._lock(key):
+            tracked = self.tracked.get(key)
+            if tracked is None:
+                return
+            await self._poll_now(tracked)
+            if key in self.tracked:
+                await self._write_status(tracked)
+
+    async def _poll_now(self, tracked: Tracked) -> None:
+        key = (tracked.namespace, tracked.name)
+        try:
+            state = await self._api(
+                Priority.GET, "get", self.client.get_stream(tracked.api_key, tracked.stream_id)
+            )
+        except ov.NotFound:
+            await self._remote_ended(tracked)
+            return
+        except ov.OvershootError:
+            # Status can wait; keepalive errors are what the conditions report.
+            self.polls.schedule(key, self.settings.status_poll_seconds)
+            return
+        if state.ended:
+            await self._remote_ended(tracked)
+            return
+        tracked.last_stream_state = state
+        if state.last_frame_at_ms is not None:
+            tracked.last_frame_at_ms = state.last_frame_at_ms
+            tracked.ever_had_frames = True
+        fresh = dec.frames_fresh(
+            tracked.last_frame_at_ms,
+            now=self.clock(),
+            fresh_seconds=self.settings.frames_fresh_seconds,
+        )
+        if fresh:
+            tracked.polls_without_frames = 0
+            delay = self.settings.status_poll_seconds
+        else:
+            # Until frames flow, look often so `Publishing` appears within seconds of the
+            # first frame, backing off to the normal cadence.
+            tracked.polls_without_frames += 1
+            delay = min(
+                self.settings.status_poll_seconds, 2.0 * 2 ** min(tracked.polls_without_frames, 5)
+            )
+        self.polls.schedule(key, delay * self.rng.uniform(0.9, 1.1))
+
+    # ---- status ------------------------------------------------------------------------------
+
+    async def _write_status(self, tracked: Tracked) -> None:
+        try:
+            await self.kube.patch_stream_status(
+                tracked.namespace, tracked.name, self._tracked_status(tracked)
+            )
+        except KubeError as err:
+            logger.warning("Status write for %s failed: %s", tracked.owner, err)
+
+    def _tracked_status(self, tracked: Tracked) -> dict[str, Any]:
+        now = self.clock()
+        facts = dec.Facts(
+            generation=tracked.generation,
+            suspended=False,
+            failed_reason=None,
+            failed_message=None,
+            stream_id=tracked.stream_id,
+            lease_held=True,
+            last_frame_at_ms=tracked.last_frame_at_ms,
+            ever_had_frames=tracked.ever_had_frames,
+            pod_ready=tracked.pod_ready,
+            problem=tracked.problem,
+        )
+        phase, tracked.conditions = dec.summarize(
+            facts, tracked.conditions, now=now, fresh_seconds=self.settings.frames_fresh_seconds
+        )
+        tracked.phase = phase
+        patch = self._base_status(phase, tracked.conditions, tracked.generation)
+        state = tracked.last_stream_state
+        patch.update(
+            {
+                "streamId": tracked.stream_id,
+                "secretName": res.publish_secret_name(tracked.name),
+                "publisherPod": res.publisher_pod_name(tracked.name),
+                "expiresAt": dec.rfc3339(dec.ms_to_datetime(tracked.expires_at_ms)),
+                "recreations": tracked.recreations,
+            }
+        )
+        if tracked.last_keepalive is not None:
+            patch["lastKeepaliveTime"] = dec.rfc3339(tracked.last_keepalive)
+        if state is not None:
+            patch["stream"] = {
+                "recentFps": state.recent_fps,
+                "lastFrameIndex": state.last_frame_index,
+                "lastFrameAt": dec.rfc3339(dec.ms_to_datetime(state.last_frame_at_ms)),
+                "firstFrameAt": dec.rfc3339(dec.ms_to_datetime(state.first_frame_at_ms)),
+                "streamTimeMs": state.stream_time_ms,
+                "endReason": state.end_reason,
+            }
+        self._refresh_gauges()
+        return patch
+
+    def _base_status(
+        self, phase: res.Phase, conditions: list[res.Condition], generation: int | None
+    ) -> dict[str, Any]:
+        return {
+            "phase": phase,
+            "observedGeneration": generation,
+            "conditions": [res.to_json(c) for c in conditions],
+        }
+
+    def _facts_none(
+        self,
+        generation: int | None,
+        *,
+        suspended: bool = False,
+        failed: tuple[str, str] | None = None,
+        problem: dec.Problem | None = None,
+    ) -> dec.Facts:
+        return dec.Facts(
+            generation=generation,
+            suspended=suspended,
+            failed_reason=failed[0] if failed else None,
+            failed_message=failed[1] if failed else None,
+            stream_id=None,
+            lease_held=False,
+            last_frame_at_ms=None,
+            ever_had_frames=False,
+            pod_ready=None,
+            problem=problem,
+        )
+
+    def _static_status(
+        self,
+        conditions: list[res.Condition],
+        generation: int | None,
+        now: datetime,
+        *,
+        failed: tuple[str, str],
+        status: res.OvershootStreamStatus,
+    ) -> Outcome:
+        phase, conditions = dec.summarize(
+            self._facts_none(generation, failed=failed),
+            conditions,
+            now=now,
+            fresh_seconds=self.settings.frames_fresh_seconds,
+        )
+        return Outcome(self._base_status(phase, conditions, generation))
+
+    def _problem_status(
+        self,
+        conditions: list[res.Condition],
+        generation: int | None,
+        now: datetime,
+        problem: dec.Problem,
+        tracked: Tracked | None,
+    ) -> Outcome:
+        if tracked is not None:
+            tracked.problem = problem
+            return Outcome(self._tracked_status(tracked), problem.retry_in)
+        phase, conditions = dec.summarize(
+            self._facts_none(generation, problem=problem),
+            conditions,
+            now=now,
+            fresh_seconds=self.settings.frames_fresh_seconds,
+        )
+        return Outcome(self._base_status(phase, conditions, generation), problem.retry_in)
+
+
+def _post(fn: Callable[..., None], obj: Mapping[str, Any], *, reason: str, message: str) -> None:
+    """A Kubernetes Event about `obj` (kopf posts it in the background).
+
+    kopf types its argument as a Body, but any mapping with apiVersion, kind and metadata
+    works, which lets the due-queue jobs post about objects they only know by reference.
+    """
+    fn(obj, reason=reason, message=message)
+
+
+class _RemoteFailed(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
