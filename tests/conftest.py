@@ -3,5 +3,6 @@
 pytest_plugins = [
     "fixtures.emulator",
     "fixtures.cluster",
+    "fixtures.operator",
     "fixtures.media",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # httpx logs every request line at INFO; keep it for --verbose only.
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    if args.kubeconfig:
+        # kopf's own login (its watches) reads the standard variable; our client is told
+        # explicitly in `configure`. Both must use the same identity.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     handlers.configure(settings, kubeconfig=args.kubeconfig)
     start_http_server(settings.metrics_port, registry=metrics.REGISTRY)
     asyncio.run(

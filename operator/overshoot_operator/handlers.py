@@ -8,6 +8,7 @@ returned status into `patch.status`, and maps "run again in N seconds" to
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,18 @@ def configure(settings: OperatorSettings, *, kubeconfig: str | None = None) -> N
     """Install the settings the handlers use; called once before kopf runs."""
     _state["settings"] = settings
     _state["kubeconfig"] = kubeconfig
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's watches authenticate as the same identity as our own client.
+
+    kopf's default login goes through the kubernetes library, which fixes its kubeconfig
+    path at import time; `--kubeconfig` (exported as KUBECONFIG by __main__) must win.
+    """
+    if _state.get("kubeconfig") is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kopf.login_with_service_account(**kwargs)
+    return kopf.login_with_kubeconfig(**kwargs)
 
 
 def _reconciler() -> Reconciler:

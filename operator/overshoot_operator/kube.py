@@ -218,13 +218,6 @@ class Kube:
                 body=body,
             )
 
-    async def node_exists(self, name: str) -> bool:
-        try:
-            await self._call(f"Get Node {name}", self._core.read_node, name)
-        except NotFoundError:
-            return False
-        return True
-
     # ---- the OvershootStream itself ----------------------------------------------------
 
     async def get_stream_resource(self, namespace: str, name: str) -> dict[str, Any] | None:
