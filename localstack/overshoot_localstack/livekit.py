@@ -5,8 +5,8 @@ bound to the namespace-side veth address, which is also its ICE node IP. Clients
 host reach it at `url` (ws://<namespace ip>:<port>).
 
 The config is generated (not `--dev`) so that:
-- API keys are per instance, and `restart(rotate_keys=True)` revokes every token minted
-  before (LiveKit has no per-token revocation; a new key pair is the real equivalent);
+- API keys are per instance, and `restart(rotate=[key])` revokes every token signed with
+  that key (LiveKit has no per-token revocation; a new secret is the real equivalent);
 - the ICE servers handed to clients point at the namespace address: with no STUN server
   configured, LiveKit would give clients Google's public STUN servers;
 - the RTC ports are fixed inside the namespace (the namespace is ours alone).
@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -61,7 +62,8 @@ class LiveKitServer:
         self.rtc_tcp_port = rtc_tcp_port
         self.rtc_udp_port = rtc_udp_port
         self.api_key = api_key
-        self.api_secret = secrets.token_hex(24)
+        # Every key pair the server accepts; `api_key` is the main one (the emulator's).
+        self.keys: dict[str, str] = {api_key: secrets.token_hex(24)}
         self._binary = binary
         self.log_level = log_level
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -73,6 +75,14 @@ class LiveKitServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.generation = 0
+
+    @property
+    def api_secret(self) -> str:
+        return self.keys[self.api_key]
+
+    def add_key(self, api_key: str) -> None:
+        """Accept a second key pair (e.g. one tests mint publisher tokens with and revoke)."""
+        self.keys[api_key] = secrets.token_hex(24)
 
     @property
     def host(self) -> str:
@@ -95,7 +105,7 @@ class LiveKitServer:
         return {
             "port": self.port,
             "bind_addresses": [self.host],
-            "keys": {self.api_key: self.api_secret},
+            "keys": dict(self.keys),
             "rtc": {
                 "tcp_port": self.rtc_tcp_port,
                 "udp_port": self.rtc_udp_port,
@@ -176,12 +186,17 @@ class LiveKitServer:
             self._log = None
 
     def restart(
-        self, *, rotate_keys: bool = False, kill: bool = True, down_for: float = 0.0
+        self, *, rotate: Sequence[str] = (), kill: bool = True, down_for: float = 0.0
     ) -> None:
-        """Restart on the same address and ports; with `rotate_keys`, old tokens stop working."""
+        """Restart on the same address and ports, `down_for` seconds later.
+
+        Every key named in `rotate` gets a new secret: tokens signed with the old one stop
+        working (LiveKit has no per-token revocation, and accepts a token up to a minute
+        past its `exp`, so an expired token is not a revoked one).
+        """
         self.stop(kill=kill)
-        if rotate_keys:
-            self.api_secret = secrets.token_hex(24)
+        for api_key in rotate:
+            self.keys[api_key] = secrets.token_hex(24)
         if down_for:
             time.sleep(down_for)
         self.start()
@@ -194,8 +209,9 @@ class LiveKitServer:
         ttl_seconds: int = 3600,
         can_publish: bool = True,
         can_subscribe: bool = True,
+        api_key: str | None = None,
     ) -> str:
-        """A room token signed with the current key pair."""
+        """A room token signed with the current secret of `api_key` (default: the main key)."""
         from datetime import timedelta
 
         from livekit import api
@@ -204,7 +220,7 @@ class LiveKitServer:
             room_join=True, room=room, can_publish=can_publish, can_subscribe=can_subscribe
         )
         token = (
-            api.AccessToken(self.api_key, self.api_secret)
+            api.AccessToken(api_key or self.api_key, self.keys[api_key or self.api_key])
             .with_identity(identity)
             .with_grants(grants)
             .with_ttl(timedelta(seconds=ttl_seconds))

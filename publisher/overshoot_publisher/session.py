@@ -89,6 +89,42 @@ def _setter(event: asyncio.Event) -> Callable[..., None]:
     return set_event
 
 
+# Why a room ended without us asking: the connection is gone, leave without ceremony.
+_LOST = ("disconnected", "reconnect_timeout")
+
+# How long the SDK may try to resume on its own before the session takes over. The SDK
+# retries with the token it holds (the original or one the server refreshed); after a
+# server restart with new keys, or with an expired token, those attempts never succeed,
+# while the mounted Secret may already hold a fresh one.
+TAKEOVER_AFTER = 10.0
+
+
+class _RoomWatch:
+    """The room's `disconnected` event, and `takeover` once a resume has run too long."""
+
+    def __init__(self, room: Any, takeover_after: float) -> None:
+        self.disconnected = asyncio.Event()
+        self.takeover = asyncio.Event()
+        self._after = takeover_after
+        self._timer: asyncio.TimerHandle | None = None
+        room.on("disconnected", _setter(self.disconnected))
+        room.on("reconnecting", self._reconnecting)
+        room.on("reconnected", self._reconnected)
+
+    def _reconnecting(self, *_: object) -> None:
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._after, self.takeover.set)
+
+    def _reconnected(self, *_: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        self._reconnected()
+
+
 class _Published:
     """A published track and its source."""
 
@@ -109,8 +145,10 @@ class Session:
         connect_timeout: float = 10.0,
         watch_interval: float = 1.0,
         backoff: Backoff | None = None,
+        takeover_after: float = TAKEOVER_AFTER,
     ) -> None:
         self._secret_dir = secret_dir
+        self._takeover_after = takeover_after
         self._metrics = metrics
         self._connect_timeout = connect_timeout
         self._watch_interval = watch_interval
@@ -217,8 +255,7 @@ class Session:
                 await self._sleep(self._backoff.next_delay())
                 continue
             room = rtc.Room()
-            disconnected = asyncio.Event()
-            room.on("disconnected", _setter(disconnected))
+            watch = _RoomWatch(room, self._takeover_after)
             try:
                 await room.connect(
                     target.url,
@@ -246,18 +283,20 @@ class Session:
             self._room = room
             self._metrics.state.stream_id = target.stream_id
             logger.info("Joined room %s for stream %s", room.name, target.stream_id)
-            cause = await self._serve(room, target, disconnected)
-            await self._leave(room, graceful=cause != "disconnected")
+            cause = await self._serve(room, target, watch)
+            watch.close()
+            await self._leave(room, graceful=cause not in _LOST)
             self._room = None
-            if cause == "disconnected" and not self._closing.is_set():
+            if cause in _LOST and not self._closing.is_set():
                 logger.warning(
-                    "Lost the LiveKit connection for stream %s; reconnecting", target.stream_id
+                    "Lost the LiveKit connection for stream %s (%s); reconnecting with the "
+                    "mounted token",
+                    target.stream_id,
+                    cause,
                 )
                 await self._sleep(self._backoff.next_delay())
 
-    async def _serve(
-        self, room: rtc.Room, target: PublishTarget, disconnected: asyncio.Event
-    ) -> str:
+    async def _serve(self, room: rtc.Room, target: PublishTarget, watch: _RoomWatch) -> str:
         """Keep the wanted track published until the room ends; return why it ended."""
         stream_changed = asyncio.Event()
         watcher = asyncio.create_task(
@@ -268,21 +307,22 @@ class Session:
         )
         waits = {
             "closing": self._closing,
-            "disconnected": disconnected,
+            "disconnected": watch.disconnected,
+            "reconnect_timeout": watch.takeover,
             "stream_id_changed": stream_changed,
             "wake": self._wake,
         }
         try:
             while True:
                 self._wake.clear()
-                if not disconnected.is_set():
+                if not watch.disconnected.is_set():
                     await self._apply_wanted(room)
                 tasks = {asyncio.ensure_future(ev.wait()): name for name, ev in waits.items()}
                 done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in pending:
                     task.cancel()
                 fired = {tasks[t] for t in done}
-                for name in ("closing", "disconnected", "stream_id_changed"):
+                for name in ("closing", "disconnected", "reconnect_timeout", "stream_id_changed"):
                     if name in fired:
                         if name == "stream_id_changed":
                             logger.info(
