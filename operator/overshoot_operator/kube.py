@@ -218,6 +218,37 @@ class Kube:
                 body=body,
             )
 
+    # ---- Events ------------------------------------------------------------------------
+
+    async def post_event(
+        self, obj: Mapping[str, Any], *, type_: str, reason: str, message: str, now: str
+    ) -> None:
+        """A core/v1 Event about `obj` (apiVersion, kind, metadata name/namespace/uid)."""
+        meta = obj["metadata"]
+        namespace = meta["namespace"]
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", res.API_VERSION),
+                "kind": obj.get("kind", res.KIND),
+                "name": meta["name"],
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            # Kubernetes caps Event messages at 1 KiB.
+            "message": message[:1024],
+            "source": {"component": "overshoot-operator"},
+            "reportingComponent": "overshoot-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._call(
+            f"Create Event in {namespace}", self._core.create_namespaced_event, namespace, body
+        )
+
     # ---- the OvershootStream itself ----------------------------------------------------
 
     async def get_stream_resource(self, namespace: str, name: str) -> dict[str, Any] | None:

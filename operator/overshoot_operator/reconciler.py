@@ -134,6 +134,7 @@ class Reconciler:
         )
         self.tracked: dict[Key, Tracked] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.keepalives: sch.DueQueue[Key] = sch.DueQueue(self._keepalive_due, name="keepalive")
         self.polls: sch.DueQueue[Key] = sch.DueQueue(self._poll_due, name="status-poll")
 
@@ -146,6 +147,25 @@ class Reconciler:
     async def stop(self) -> None:
         await self.keepalives.stop()
         await self.polls.stop()
+
+    def _event(self, type_: str, obj: Mapping[str, Any], *, reason: str, message: str) -> None:
+        """Post a Kubernetes Event in the background: a failed Event never fails a step."""
+        task = asyncio.create_task(
+            self.kube.post_event(
+                obj,
+                type_=type_,
+                reason=reason,
+                message=message,
+                now=dec.rfc3339(self.clock()) or "",
+            )
+        )
+        self._background.add(task)
+        task.add_done_callback(self._event_done)
+
+    def _event_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("Posting an Event failed: %s", task.exception())
 
     def _lock(self, key: Key) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -283,7 +303,7 @@ class Reconciler:
         except (ov.OvershootError, KubeError) as err:
             problem = dec.problem_from_error(err, owner=owner, api_key_ref=api_key_ref)
             if not problem.user_fixable:
-                _post(kopf.warn, dict(body), reason=problem.reason, message=problem.message)
+                self._event("Warning", dict(body), reason=problem.reason, message=problem.message)
             return self._problem_status(conditions, generation, now, problem, tracked)
 
         tracked.generation = generation
@@ -376,16 +396,16 @@ class Reconciler:
                     if recorded is not None:
                         recreations += 1
                         metrics.RECREATIONS.labels(end_reason).inc()
-                        _post(
-                            kopf.info,
+                        self._event(
+                            "Normal",
                             dict(body),
                             reason="StreamEnded",
                             message=f"Remote stream {stream_id} ended ({end_reason}); "
                             "creating a new one",
                         )
                     else:
-                        _post(
-                            kopf.warn,
+                        self._event(
+                            "Warning",
                             dict(body),
                             reason="AdoptionFailed",
                             message=f"Stream {stream_id} from annotation "
@@ -399,8 +419,8 @@ class Reconciler:
             publish = created.publish
             expires_at_ms = created.expires_at_ms
             await self._record_stream_id(namespace, name, stream_id, recreations)
-            _post(
-                kopf.info,
+            self._event(
+                "Normal",
                 dict(body),
                 reason="StreamCreated",
                 message=f"Created remote stream {stream_id}",
@@ -568,8 +588,8 @@ class Reconciler:
                     )
                 except ov.OvershootError as err:
                     # Keepalives already stopped: the lease ends the stream within 300 s.
-                    _post(
-                        kopf.warn,
+                    self._event(
+                        "Warning",
                         dict(body),
                         reason="DeleteFailed",
                         message=f"Could not delete remote stream {stream_id} ({err.message}); "
@@ -578,8 +598,8 @@ class Reconciler:
             await self.kube.patch_stream_annotations(
                 namespace, name, {res.STREAM_ID_ANNOTATION: None}
             )
-            _post(
-                kopf.info,
+            self._event(
+                "Normal",
                 dict(body),
                 reason="StreamReleased",
                 message=f"Released stream {stream_id} ({why})",
@@ -623,8 +643,8 @@ class Reconciler:
                         )
                     )
                 except (ValidationError, KubeError) as err:
-                    _post(
-                        kopf.warn,
+                    self._event(
+                        "Warning",
                         dict(body),
                         reason="DeleteSkipped",
                         message=f"No API key to delete stream {stream_id} ({err}); "
@@ -647,8 +667,8 @@ class Reconciler:
                     raise kopf.TemporaryError(
                         f"Deleting stream {stream_id} failed: {err.message}", delay=delay
                     ) from None
-                _post(
-                    kopf.warn,
+                self._event(
+                    "Warning",
                     dict(body),
                     reason="DeleteAbandoned",
                     message=f"Gave up deleting stream {stream_id} after {waited:.0f}s "
@@ -732,7 +752,7 @@ class Reconciler:
                 f"{tracked.owner}: remote stream {old} ended ({end_reason}) and "
                 "spec.onRemoteEnd is Fail; set it to Recreate or recreate the resource"
             )
-            _post(kopf.warn, tracked.ref(), reason="RemoteStreamEnded", message=message)
+            self._event("Warning", tracked.ref(), reason="RemoteStreamEnded", message=message)
             await self.kube.delete_pod(tracked.namespace, res.publisher_pod_name(tracked.name))
             phase, conditions = dec.summarize(
                 self._facts_none(tracked.generation, failed=("RemoteStreamEnded", message)),
@@ -767,8 +787,8 @@ class Reconciler:
         )
         metrics.RECREATIONS.labels(end_reason).inc()
         await self._write_publish_secret(tracked, created.publish)
-        _post(
-            kopf.info,
+        self._event(
+            "Normal",
             tracked.ref(),
             reason="StreamRecreated",
             message=f"Remote stream {old} ended ({end_reason}); created {created.id} and "
@@ -944,15 +964,6 @@ class Reconciler:
             fresh_seconds=self.settings.frames_fresh_seconds,
         )
         return Outcome(self._base_status(phase, conditions, generation), problem.retry_in)
-
-
-def _post(fn: Callable[..., None], obj: Mapping[str, Any], *, reason: str, message: str) -> None:
-    """A Kubernetes Event about `obj` (kopf posts it in the background).
-
-    kopf types its argument as a Body, but any mapping with apiVersion, kind and metadata
-    works, which lets the due-queue jobs post about objects they only know by reference.
-    """
-    fn(obj, reason=reason, message=message)
 
 
 class _RemoteFailed(Exception):

@@ -1,0 +1,347 @@
+"""The ten invariants of ../shared/design.md, each with a test that fails if it breaks.
+
+Real control plane, the operator as a process under its own RBAC, the emulator as
+Overshoot; call counts come from the emulator's admin surface.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from kubernetes import client
+
+from fixtures.cluster import wait_for
+from fixtures.operator import API_KEY, put_api_key
+from helpers import (
+    condition,
+    create_stream,
+    delete_stream,
+    events,
+    get_stream,
+    patch_stream,
+    publish_secret,
+    publisher_pod,
+    status,
+    stream_gone,
+    stream_manifest,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _provisioned(kube_api, namespace, name):
+    stream_id = wait_for(
+        lambda: status(kube_api, namespace, name).get("streamId"), what=f"{name} streamId"
+    )
+    wait_for(lambda: publish_secret(kube_api, namespace, name), what=f"{name} Secret")
+    wait_for(lambda: publisher_pod(kube_api, namespace, name), what=f"{name} Pod")
+    return stream_id
+
+
+def test_remote_stream_reaped_is_recreated(kube_api, namespace, emulator_reset, run_operator):
+    """Invariant 6: new stream, Secret updated, recreations counted, an Event says why."""
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("gate"))
+    old = _provisioned(kube_api, namespace, "gate")
+    pod_uid = publisher_pod(kube_api, namespace, "gate").metadata.uid
+
+    emulator.admin.reap(old)
+    new = wait_for(
+        lambda: (sid := status(kube_api, namespace, "gate").get("streamId")) != old and sid,
+        what="a new streamId after the remote stream was reaped",
+    )
+    secret = wait_for(
+        lambda: (s := publish_secret(kube_api, namespace, "gate")) and s["streamId"] == new and s,
+        what="Secret moved to the new stream",
+    )
+    assert secret["token"]
+    st = status(kube_api, namespace, "gate")
+    assert st["recreations"] == 1
+    assert (
+        get_stream(kube_api, namespace, "gate")["metadata"]["annotations"]["overshoot.ai/stream-id"]
+        == new
+    )
+    # The publisher follows the Secret; its Pod is not restarted for a new room.
+    assert publisher_pod(kube_api, namespace, "gate").metadata.uid == pod_uid
+    wait_for(
+        lambda: any(
+            e.reason == "StreamRecreated" and "reaped" in e.message
+            for e in events(kube_api, namespace)
+        ),
+        what="a StreamRecreated Event naming the end reason",
+    )
+    assert len(emulator.admin.streams(state="active")) == 1
+
+
+def test_on_remote_end_fail(kube_api, namespace, emulator_reset, run_operator):
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("strict", onRemoteEnd="Fail"))
+    old = _provisioned(kube_api, namespace, "strict")
+    emulator.admin.reap(old)
+    wait_for(
+        lambda: status(kube_api, namespace, "strict").get("phase") == "Failed",
+        what="phase Failed when onRemoteEnd is Fail",
+    )
+    ready = condition(kube_api, namespace, "strict", "Ready")
+    assert ready["reason"] == "RemoteStreamEnded"
+    assert "onRemoteEnd" in ready["message"]
+    time.sleep(3)
+    assert emulator.admin.calls(API_KEY)["create"] == 1
+
+
+def test_delete_with_api_down_releases_finalizer(kube_api, namespace, emulator_reset, run_operator):
+    """Invariant 1: deletion never hangs; keepalives stop at once."""
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    operator = run_operator(emulator)  # delete_give_up_seconds=6 in tests
+    create_stream(kube_api, namespace, stream_manifest("door"))
+    stream_id = _provisioned(kube_api, namespace, "door")
+    emulator.admin.fault(status=503, count=1000, endpoints=["delete"])
+    delete_stream(kube_api, namespace, "door")
+    wait_for(
+        lambda: stream_gone(kube_api, namespace, "door"),
+        timeout=45,
+        what="finalizer released although DELETE keeps failing",
+    )
+    emulator.admin.clear_faults()
+    keepalives = emulator.admin.calls(API_KEY)["keepalive"]
+    time.sleep(4)
+    assert emulator.admin.calls(API_KEY)["keepalive"] == keepalives, "keepalives continued"
+    assert any(e.reason == "DeleteAbandoned" for e in events(kube_api, namespace)) or (
+        "Gave up deleting" in operator.logs()
+    )
+    # The stream is left to its lease: still active remotely, never renewed again.
+    assert emulator.admin.stream(stream_id)["state"] == "active"
+
+
+def test_delete_when_remote_already_gone(kube_api, namespace, emulator_reset, run_operator):
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("gone", onRemoteEnd="Fail"))
+    stream_id = _provisioned(kube_api, namespace, "gone")
+    emulator.admin.reap(stream_id)
+    wait_for(lambda: status(kube_api, namespace, "gone").get("phase") == "Failed", what="Failed")
+    delete_stream(kube_api, namespace, "gone")
+    wait_for(lambda: stream_gone(kube_api, namespace, "gone"), what="deleted")
+
+
+def test_children_are_garbage_collected(kube_api, namespace, emulator_reset, run_operator):
+    """Invariant 9: ownerReferences; the resource's own labels are not copied."""
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    run_operator(emulator)
+    manifest = stream_manifest("lab")
+    manifest["metadata"]["labels"] = {"argocd.argoproj.io/instance": "cameras", "team": "x"}
+    create_stream(kube_api, namespace, manifest)
+    _provisioned(kube_api, namespace, "lab")
+    pod = publisher_pod(kube_api, namespace, "lab")
+    assert "argocd.argoproj.io/instance" not in (pod.metadata.labels or {})
+    assert "team" not in (pod.metadata.labels or {})
+    secret = client.CoreV1Api(kube_api).read_namespaced_secret("lab-publish", namespace)
+    assert secret.metadata.owner_references[0].kind == "OvershootStream"
+    assert "argocd.argoproj.io/instance" not in (secret.metadata.labels or {})
+    delete_stream(kube_api, namespace, "lab")
+    wait_for(
+        lambda: (
+            publisher_pod(kube_api, namespace, "lab") is None
+            and publish_secret(kube_api, namespace, "lab") is None
+        ),
+        timeout=60,
+        what="Pod and Secret garbage-collected",
+    )
+
+
+def test_suspend_releases_and_resume_recreates(kube_api, namespace, emulator_reset, run_operator):
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("nap"))
+    old = _provisioned(kube_api, namespace, "nap")
+    patch_stream(kube_api, namespace, "nap", {"spec": {"suspend": True}})
+    wait_for(
+        lambda: status(kube_api, namespace, "nap").get("phase") == "Suspended",
+        what="phase Suspended",
+    )
+    wait_for(lambda: publisher_pod(kube_api, namespace, "nap") is None, what="Pod removed")
+    assert emulator.admin.stream(old)["state"] == "ended"
+    assert publish_secret(kube_api, namespace, "nap") is None
+    keepalives = emulator.admin.calls(API_KEY)["keepalive"]
+    patch_stream(kube_api, namespace, "nap", {"spec": {"suspend": False}})
+    new = wait_for(
+        lambda: (sid := status(kube_api, namespace, "nap").get("streamId")) and sid != old and sid,
+        what="a new stream after resume",
+    )
+    wait_for(lambda: publisher_pod(kube_api, namespace, "nap"), what="Pod back")
+    assert emulator.admin.stream(new)["state"] == "active"
+    assert emulator.admin.calls(API_KEY)["keepalive"] - keepalives <= 1
+
+
+def test_operator_restart_recreates_nothing(kube_api, namespace, emulator_reset, run_operator):
+    """Invariant 3: a restart (even SIGKILL) is invisible to the data plane."""
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    operator = run_operator(emulator)
+    for name in ("a", "b", "c"):
+        create_stream(kube_api, namespace, stream_manifest(name))
+    ids = {n: _provisioned(kube_api, namespace, n) for n in ("a", "b", "c")}
+    pods = {n: publisher_pod(kube_api, namespace, n).metadata.uid for n in ids}
+    tokens = {n: publish_secret(kube_api, namespace, n)["token"] for n in ids}
+    wait_for(
+        lambda: all(status(kube_api, namespace, n).get("expiresAt") for n in ids),
+        what="expiresAt recorded",
+    )
+    operator.kill()
+    creates = emulator.admin.calls(API_KEY)["create"]
+    run_operator(emulator)
+    time.sleep(8)
+    assert emulator.admin.calls(API_KEY)["create"] == creates
+    for n in ids:
+        assert status(kube_api, namespace, n)["streamId"] == ids[n]
+        assert publisher_pod(kube_api, namespace, n).metadata.uid == pods[n]
+        # Not even a keepalive was needed: the stored lease was comfortably alive.
+        assert publish_secret(kube_api, namespace, n)["token"] == tokens[n]
+    assert len(emulator.admin.streams(state="active")) == 3
+
+
+def test_killed_between_create_and_record_leaks_at_most_one_lease(
+    kube_api, namespace, emulator_reset, run_operator
+):
+    """Invariant 2 (bounded case): if the id never got written, the orphan is not renewed."""
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    # Every status/annotation write is slowed by a slow create: kill while create is in flight.
+    emulator.admin.fault(latency_ms=3000, count=1, endpoints=["create"])
+    operator = run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("crash"))
+    wait_for(lambda: emulator.admin.calls(API_KEY)["create"] >= 1, what="create in flight")
+    time.sleep(1)
+    operator.kill()
+    time.sleep(3)  # the emulator finished the create the dead operator never saw
+    orphan = [s["id"] for s in emulator.admin.streams(state="active")]
+    run_operator(emulator)
+    live = wait_for(
+        lambda: status(kube_api, namespace, "crash").get("streamId"), what="streamId after restart"
+    )
+    assert live not in orphan
+    keepalives_before = {s["id"]: s["keepalives"] for s in emulator.admin.streams()}
+    time.sleep(3)
+    for s in emulator.admin.streams():
+        if s["id"] in orphan:
+            assert s["keepalives"] == keepalives_before[s["id"]], "orphan was renewed"
+    assert len(orphan) <= 1
+
+
+def test_deleted_pod_is_recreated(kube_api, namespace, emulator_reset, run_operator):
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("pod"))
+    stream_id = _provisioned(kube_api, namespace, "pod")
+    old_uid = publisher_pod(kube_api, namespace, "pod").metadata.uid
+    client.CoreV1Api(kube_api).delete_namespaced_pod(
+        "pod-publisher", namespace, grace_period_seconds=0
+    )
+    wait_for(
+        lambda: (p := publisher_pod(kube_api, namespace, "pod")) and p.metadata.uid != old_uid,
+        timeout=45,
+        what="a new publisher Pod",
+    )
+    assert status(kube_api, namespace, "pod")["streamId"] == stream_id
+
+
+def test_missing_api_key_secret_then_fixed(kube_api, namespace, emulator_reset, run_operator):
+    """Invariant 8: a clear condition naming object, field and fix; noticed quickly."""
+    emulator = emulator_reset
+    run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("nokey"))
+    ready = wait_for(
+        lambda: (
+            (c := condition(kube_api, namespace, "nokey", "Ready"))
+            and c.get("reason") == "SecretNotFound"
+            and c
+        ),
+        what="Ready False with reason SecretNotFound",
+    )
+    assert f"OvershootStream {namespace}/nokey" in ready["message"]
+    assert "spec.apiKeySecretRef" in ready["message"]
+    assert "overshoot-api-key" in ready["message"]
+    assert status(kube_api, namespace, "nokey")["phase"] == "Pending"
+    assert emulator.admin.calls(API_KEY)["create"] == 0
+    put_api_key(kube_api, namespace)
+    wait_for(
+        lambda: status(kube_api, namespace, "nokey").get("streamId"),
+        timeout=40,
+        what="stream created soon after the Secret appears",
+    )
+
+
+def test_unauthorized_storm_is_bounded(kube_api, namespace, emulator_reset, run_operator):
+    """401 on every call: the right condition, and calls stay few (invariant 4/8)."""
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    emulator.admin.fault(status=401, count=10_000, body='{"detail": "Invalid API key"}')
+    run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("bad"))
+    ready = wait_for(
+        lambda: (
+            (c := condition(kube_api, namespace, "bad", "Ready"))
+            and c.get("reason") == "ApiKeyRejected"
+            and c
+        ),
+        what="Ready False with reason ApiKeyRejected",
+    )
+    assert "overshoot-api-key" in ready["message"]
+    time.sleep(10)
+    assert emulator.admin.calls(API_KEY)["create"] <= 2
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(402, "InsufficientCredits"), (503, "OvershootUnavailable"), (429, "RateLimited")],
+)
+def test_error_storms_map_to_conditions(
+    kube_api, namespace, emulator_reset, run_operator, code, reason
+):
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    emulator.admin.fault(status=code, count=10_000, retry_after=5)
+    run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("storm"))
+    wait_for(
+        lambda: condition(kube_api, namespace, "storm", "Ready").get("reason") == reason,
+        what=f"Ready reason {reason} under a {code} storm",
+    )
+    calls_then = emulator.admin.calls(API_KEY)["create"]
+    time.sleep(8)
+    # Backoff: at most a couple more attempts in 8 s, never a hot loop.
+    assert emulator.admin.calls(API_KEY)["create"] - calls_then <= 3
+    emulator.admin.clear_faults()
+    wait_for(
+        lambda: status(kube_api, namespace, "storm").get("streamId"),
+        timeout=90,
+        what="recovery after the storm",
+    )
+
+
+def test_no_secret_material_anywhere(kube_api, namespace, emulator_reset, run_operator):
+    """Invariant 5: tokens only in the owned Secret; the API key only in the user's."""
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    operator = run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("quiet"))
+    _provisioned(kube_api, namespace, "quiet")
+    secret = publish_secret(kube_api, namespace, "quiet")
+    token = secret["token"]
+    obj = get_stream(kube_api, namespace, "quiet")
+    pod = client.ApiClient().sanitize_for_serialization(publisher_pod(kube_api, namespace, "quiet"))
+    evs = [e.message or "" for e in events(kube_api, namespace)]
+    blob = json.dumps([obj, pod, evs]) + operator.logs()
+    assert token not in blob
+    assert API_KEY not in blob
