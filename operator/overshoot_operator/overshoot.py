@@ -17,13 +17,13 @@ Secrets: the API key is only ever placed in the Authorization header; publish to
 
 Transport: unless given an httpx client or transport, the client speaks httpx over aiohttp
 (`default_transport()`). bench/api_client.py measured keepalives against the emulator
-(client pinned to one CPU, pool of 100): httpx's default transport cost 1.6 ms CPU per
-request at 1 in flight, 4.2 ms at 32 and 7.0 ms at 256 (62 req/s, p99 11 s); httpx over
-aiohttp cost 0.9, 0.5 and 0.5 ms (about 500, 1400 and 950 req/s). The operator needs
-100-200 req/s at 10,000 streams, which httpx's own pool cannot hold under concurrency.
-The adapter is ours, not the httpx-aiohttp package: that one (0.2) reports a connection
-the server dropped after reading the request as `httpx.ConnectTimeout`, which would make
-a create look unsent and be repeated.
+(client pinned to one CPU, pool of 100, a shared and busy machine): httpx's own transport
+cost 1.7 ms CPU per request at 1 in flight, 5.7 ms at 32 and 5.9 ms at 256 (370, 130 and
+112 req/s, p99 up to 9 s); httpx over aiohttp cost 1.0, 0.6 and 0.6 ms (357, 880 and
+1546 req/s). The operator needs 100-200 req/s at 10,000 streams, which httpx's own pool
+does not hold with margin under concurrency. The adapter is ours, not the httpx-aiohttp
+package: that one (0.2) reports a connection the server dropped after reading the request
+as `httpx.ConnectTimeout`, which made a create look unsent and be sent twice.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from typing import Any, Literal, TypeVar
 
 import aiohttp
 import httpx
-import yarl
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 __all__ = [
@@ -307,7 +306,7 @@ class _AiohttpTransport(httpx.AsyncBaseTransport):
         try:
             async with self._session.request(
                 request.method,
-                yarl.URL(str(request.url), encoded=True),
+                str(request.url),
                 headers=headers,
                 data=await request.aread() or None,
                 allow_redirects=False,

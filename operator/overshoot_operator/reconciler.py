@@ -42,6 +42,10 @@ from overshoot_operator.settings import OperatorSettings
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+
+# Set just before POST /streams and removed with the id's record: found set on a resource
+# without a recorded id, it means a create may have leaked (invariant 2's Event).
+CREATING_ANNOTATION = f"{res.GROUP}/creating"
 Clock = Callable[[], datetime]
 
 
@@ -414,6 +418,21 @@ class Reconciler:
                     stream_id = None
 
         if stream_id is None:
+            if annotations.get(CREATING_ANNOTATION) and recorded is None:
+                # A create was started and its id never written: the process died in
+                # between. That stream is unknown to us and expires with its lease.
+                self._event(
+                    "Warning",
+                    dict(body),
+                    reason="StreamPossiblyLeaked",
+                    message="A previous create may have made a remote stream whose id was "
+                    "never recorded (operator stopped mid-create); it is not renewed and "
+                    "expires within 300s",
+                )
+            # Marked first, so a crash between create and the record is detectable.
+            await self.kube.patch_stream_annotations(
+                namespace, name, {CREATING_ANNOTATION: dec.rfc3339(self.clock()) or "1"}
+            )
             created = await self._api(Priority.CREATE, "create", self.client.create_stream(api_key))
             stream_id = created.id
             publish = created.publish
@@ -461,7 +480,7 @@ class Reconciler:
     ) -> None:
         """Invariant 2: write the new id down before anything else can fail."""
         await self.kube.patch_stream_annotations(
-            namespace, name, {res.STREAM_ID_ANNOTATION: stream_id}
+            namespace, name, {res.STREAM_ID_ANNOTATION: stream_id, CREATING_ANNOTATION: None}
         )
         await self.kube.patch_stream_status(
             namespace,

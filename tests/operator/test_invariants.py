@@ -14,7 +14,7 @@ from kubernetes import client
 
 from fixtures.cluster import wait_for
 from fixtures.operator import API_KEY, put_api_key
-from helpers import (
+from fixtures.streams import (
     condition,
     create_stream,
     delete_stream,
@@ -236,6 +236,10 @@ def test_killed_between_create_and_record_leaks_at_most_one_lease(
         if s["id"] in orphan:
             assert s["keepalives"] == keepalives_before[s["id"]], "orphan was renewed"
     assert len(orphan) <= 1
+    wait_for(
+        lambda: any(e.reason == "StreamPossiblyLeaked" for e in events(kube_api, namespace)),
+        what="an Event saying a create may have leaked",
+    )
 
 
 def test_deleted_pod_is_recreated(kube_api, namespace, emulator_reset, run_operator):

@@ -4,7 +4,11 @@ process under its own RBAC and the emulator as Overshoot."""
 from __future__ import annotations
 
 import pytest
-from helpers import (
+from kubernetes import client
+
+from fixtures.cluster import wait_for
+from fixtures.operator import API_KEY, put_api_key
+from fixtures.streams import (
     condition,
     create_stream,
     delete_stream,
@@ -15,10 +19,6 @@ from helpers import (
     stream_gone,
     stream_manifest,
 )
-from kubernetes import client
-
-from fixtures.cluster import wait_for
-from fixtures.operator import API_KEY, put_api_key
 
 pytestmark = pytest.mark.integration
 
