@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -587,13 +588,17 @@ def _scrub_tokens(value: Any) -> Any:
     return value
 
 
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+
+
 def _body_text(response: httpx.Response, api_key: ApiKey) -> str:
     try:
         parsed = response.json()
     except ValueError:
-        text = response.text
-        # Unparseable bodies may still carry a token-looking string; keep only a prefix.
-        return _scrub(text[:_MAX_BODY_CHARS], api_key)
+        # A proxy's page could quote a token we never parsed: blank anything shaped like
+        # a JWT (LiveKit tokens are JWTs) and keep only a prefix.
+        text = _JWT_LIKE.sub("***", response.text[:_MAX_BODY_CHARS])
+        return _scrub(text, api_key)
     return _scrub(json.dumps(_scrub_tokens(parsed))[:_MAX_BODY_CHARS], api_key)
 
 

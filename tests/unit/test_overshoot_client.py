@@ -230,3 +230,16 @@ async def test_no_secret_in_errors_reprs_or_logs(caplog: pytest.LogCaptureFixtur
     blob = json.dumps(texts)
     assert key not in blob
     assert TOKEN not in blob
+
+
+async def test_token_in_a_non_json_error_page_is_blanked() -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwdWJsaXNoZXIifQ.c2lnbmF0dXJl"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text=f"<html>upstream said {jwt}</html>")
+
+    async with client_for(handler) as client:
+        with pytest.raises(ov.OvershootUnavailable) as info:
+            await client.get_stream(KEY, SID)
+    assert jwt not in (info.value.body or "")
+    assert "upstream said" in (info.value.body or "")
