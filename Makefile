@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# Debian packages of the media tests and the demo: iproute2 (network namespaces for
+	# WebRTC) and the GStreamer RTSP server (a test camera). Installs only what is missing.
+	$(BIN)/python -c 'from overshoot_localstack.rtsp import ensure_debian_packages as e; e()'
 	touch $@
 
 # Build (or reuse from the cache) every Go binary the tests run.
