@@ -228,6 +228,21 @@ class LiveKitServer:
         jwt: str = token.to_jwt()
         return jwt
 
+    async def remove_participant(self, room: str, identity: str) -> bool:
+        """Kick a participant (the server tells its SDK not to reconnect); False if absent."""
+        from livekit import api
+
+        async with api.LiveKitAPI(self.http_url, self.api_key, self.api_secret) as lkapi:
+            try:
+                await lkapi.room.remove_participant(
+                    api.RoomParticipantIdentity(room=room, identity=identity)
+                )
+            except api.TwirpError as exc:
+                if exc.code == api.TwirpErrorCode.NOT_FOUND:
+                    return False
+                raise
+        return True
+
     def close(self) -> None:
         self.stop()
         if self._tmp is not None:
