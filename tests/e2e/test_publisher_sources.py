@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fixtures.media import MediaStack, PublisherProcess
+from fixtures.media import MediaStack, PublisherProcess, write_secret
 from overshoot_localstack.media import HlsSource
 from overshoot_localstack.rtsp import RtspServer
 
@@ -53,8 +53,6 @@ def test_rtsp_reaches_the_gateway_at_its_rate(
     process = publisher({"source": {"rtsp": {"url": camera.url, "transport": transport}}})
     process.set_credentials("viewer", "s3cr3t-pass")
     stream = media_stack.create_stream()
-    from fixtures.media import write_secret
-
     write_secret(process.secret_dir, stream)
     process.start()
     process.wait_ready()
