@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import pytest
 from kubernetes import client
 
@@ -349,3 +350,76 @@ def test_no_secret_material_anywhere(kube_api, namespace, emulator_reset, run_op
     blob = json.dumps([obj, pod, evs]) + operator.logs()
     assert token not in blob
     assert API_KEY not in blob
+
+
+def test_timer_keepalive_rotates_token_before_expiry(
+    kube_api, namespace, fresh_emulator, run_operator
+):
+    """Invariant 4: keepalives come from the expiry, well inside the lease, with a new token."""
+    # A 70 s lease: the schedule aims 60 s before expiry, so keepalives run every ~10 s.
+    emulator = fresh_emulator(ttl_seconds=70)
+    put_api_key(kube_api, namespace)
+    run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("tick"))
+    stream_id = _provisioned(kube_api, namespace, "tick")
+    first = publish_secret(kube_api, namespace, "tick")["token"]
+    expires = status(kube_api, namespace, "tick").get("expiresAt")
+    wait_for(
+        lambda: publish_secret(kube_api, namespace, "tick")["token"] != first,
+        timeout=40,
+        what="a timer keepalive rotating the token",
+    )
+    wait_for(
+        lambda: status(kube_api, namespace, "tick").get("expiresAt") != expires,
+        what="expiresAt moved forward",
+    )
+    remote = emulator.admin.stream(stream_id)
+    assert remote["state"] == "active"
+    assert remote["keepalives"] >= 1
+    assert status(kube_api, namespace, "tick")["streamId"] == stream_id
+
+
+def test_spec_change_replaces_pod_not_stream(kube_api, namespace, emulator_reset, run_operator):
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("tune"))
+    stream_id = _provisioned(kube_api, namespace, "tune")
+    old_uid = publisher_pod(kube_api, namespace, "tune").metadata.uid
+    patch_stream(kube_api, namespace, "tune", {"spec": {"video": {"maxFps": 5}}})
+    new_pod = wait_for(
+        lambda: (
+            (p := publisher_pod(kube_api, namespace, "tune")) and p.metadata.uid != old_uid and p
+        ),
+        timeout=45,
+        what="publisher Pod replaced after a video change",
+    )
+    env = {e.name: e.value for e in new_pod.spec.containers[0].env}
+    assert '"maxFps":5' in env["OVERSHOOT_PUBLISHER_CONFIG"]
+    assert status(kube_api, namespace, "tune")["streamId"] == stream_id
+    assert emulator.admin.calls(API_KEY)["create"] == 1
+    # A change that does not touch the Pod leaves it alone.
+    patch_stream(kube_api, namespace, "tune", {"spec": {"keepaliveIntervalSeconds": 60}})
+    wait_for(
+        lambda: status(kube_api, namespace, "tune").get("observedGeneration") == 3,
+        what="generation 3 observed",
+    )
+    assert publisher_pod(kube_api, namespace, "tune").metadata.uid == new_pod.metadata.uid
+
+
+def test_adopts_stream_from_annotation(kube_api, namespace, emulator_reset, run_operator):
+    emulator = emulator_reset
+    put_api_key(kube_api, namespace)
+    created = httpx.post(
+        f"{emulator.api_url}/streams",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        json={},
+    ).json()
+    emulator.admin.reset_calls()
+    run_operator(emulator)
+    manifest = stream_manifest("adopt")
+    manifest["metadata"]["annotations"] = {"overshoot.ai/stream-id": created["id"]}
+    create_stream(kube_api, namespace, manifest)
+    assert _provisioned(kube_api, namespace, "adopt") == created["id"]
+    assert emulator.admin.calls(API_KEY)["create"] == 0
+    assert status(kube_api, namespace, "adopt")["recreations"] == 0
