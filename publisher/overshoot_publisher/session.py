@@ -43,6 +43,9 @@ from overshoot_publisher.sources import EncodedUnit, RawFrame
 logger = logging.getLogger(__name__)
 
 TRACK_NAME = "video"
+# Keyframe requests are polled this often, not per frame: nothing can act on them sooner
+# (the next IDR comes when the camera sends it), and each poll is a round trip to the SDK.
+FEEDBACK_INTERVAL = 0.25
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class Session:
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._keyframe_pending_since: float | None = None
+        self._feedback_at = 0.0
         self.connections = 0
 
     # -- the media loop's side -------------------------------------------------------------
@@ -206,11 +210,17 @@ class Session:
         now = time.monotonic()
         if unit.keyframe:
             self._keyframe_pending_since = None
+        if now - self._feedback_at < FEEDBACK_INTERVAL:
+            return self._accepted(accepted)
+        self._feedback_at = now
         feedback = pub.source.take_feedback()
         if feedback.keyframe_requested:
             self._metrics.keyframe_requests.inc()
             if self._keyframe_pending_since is None and not unit.keyframe:
                 self._keyframe_pending_since = now
+        return self._accepted(accepted)
+
+    def _accepted(self, accepted: bool) -> bool:
         if not accepted:
             self._metrics.frames_dropped.labels("rejected").inc()
         return accepted
