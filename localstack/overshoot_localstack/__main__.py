@@ -1,7 +1,7 @@
 """`overshoot-localstack`: build the binaries and run the local stack by hand.
 
 Boundary: argument dispatch only; each command lives in its own module (`binaries`,
-`cluster`) and is imported lazily so `build` works before anything else is installed.
+`cluster`, `demo`) and is imported lazily so `build` works before anything else is installed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ commands:
   build [COMPONENT ...]    build and cache the Go binaries (etcd, kubernetes, kwok, helm, livekit)
   cluster up [--nodes N]   start a local control plane detached; prints the KUBECONFIG to use
   cluster down             stop it and remove its files
+  demo [--timeout SECONDS] run the whole stack and publish a test pattern (make demo)
 """
 
 
@@ -32,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from overshoot_localstack import cluster
 
         return cluster.main(rest)
+    if command == "demo":
+        from overshoot_localstack import demo
+
+        return demo.main(rest)
     print(f"overshoot-localstack: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

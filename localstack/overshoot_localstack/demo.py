@@ -1,0 +1,552 @@
+"""`overshoot-localstack demo` (`make demo`): the whole product on one machine, with real video.
+
+Role: bring up, in order, a LiveKit server in its own network namespace, the Overshoot
+emulator joined to it as the media gateway, a real Kubernetes control plane with kwok Nodes,
+the CRD and RBAC of deploy/, the operator under its own ServiceAccount, and the local Pod
+runner (`runner.py`) that makes publisher Pods real processes; then apply the examples a user
+would (`examples/api-key-secret.yaml`, `examples/test-pattern.yaml`) with the real kubectl,
+and print the OvershootStream's status until it is `Publishing` with a frame count that
+grows: frames the publisher sent through LiveKit and the gateway really decoded.
+
+Everything listens on 127.0.0.1 or on the namespace pair `netns.py` makes. Every process
+and the namespace are removed on the way out: normal exit, failure, Ctrl-C, SIGTERM/SIGHUP.
+
+Boundary: orchestration and the terminal. Each component lives in its own module
+(`cluster`, `livekit`, `emulator`, `operator`, `runner`); this one starts and stops them,
+runs kubectl, and reads the resource's status. It never prints a token or the API key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from overshoot_localstack import binaries, kube, netns
+from overshoot_localstack.cluster import BINARIES as CLUSTER_BINARIES
+from overshoot_localstack.cluster import ControlPlane, tail
+from overshoot_localstack.emulator import EmulatorProcess
+from overshoot_localstack.livekit import LiveKitServer
+from overshoot_localstack.operator import OperatorProcess
+from overshoot_localstack.runner import PodRunner, admin_client
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+API_KEY_SECRET_EXAMPLE = EXAMPLES / "api-key-secret.yaml"
+STREAM_EXAMPLE = EXAMPLES / "test-pattern.yaml"
+
+NAMESPACE = "demo"
+OPERATOR_NAMESPACE = "overshoot-system"
+OPERATOR_SERVICE_ACCOUNT = "overshoot-operator"
+CRD_NAME = "overshootstreams.overshoot.ai"
+STREAMS_PATH = "/apis/overshoot.ai/v1alpha1/namespaces/{namespace}/overshootstreams/{name}"
+
+# Status is refreshed from the emulator this often, so the frame count visibly moves; the
+# operator's production default (60 s) would leave the demo looking stuck.
+STATUS_POLL_SECONDS = 5
+READ_INTERVAL = 3.0
+# Once Publishing, an interactive demo prints a line this often (not every read).
+QUIET_INTERVAL = 30.0
+# A day: a demo left running overnight keeps its operator authenticated. The API server
+# may shorten it; the TokenRequest answer is what counts.
+OPERATOR_TOKEN_SECONDS = 86400
+
+REQUIRED_BINARIES = (*CLUSTER_BINARIES, "kubectl", "livekit-server")
+
+
+class DemoError(RuntimeError):
+    """The demo could not reach its goal; the message says what and where to look."""
+
+
+# --- signals ----------------------------------------------------------------------------
+
+
+class Interrupts:
+    """One handler for SIGINT, SIGTERM and SIGHUP through set-up, running and teardown.
+
+    Before the event loop runs, a signal raises KeyboardInterrupt, so the set-up unwinds
+    through `finally`; while it runs, the signal sets the stop event; during teardown a
+    second Ctrl-C is refused with a word, since stopping halfway would leave the network
+    namespace or processes behind.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._handle)
+
+    def attach(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        self._loop, self._event = loop, event
+
+    def detach(self) -> None:
+        self._loop = self._event = None
+
+    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        if self.requested:
+            print("Still cleaning up; the demo exits once everything is stopped.", flush=True)
+            return
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping the demo ...", flush=True)
+        if self._loop is not None and self._event is not None:
+            self._loop.call_soon_threadsafe(self._event.set)
+            return
+        raise KeyboardInterrupt
+
+
+# --- status lines -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamView:
+    """What `kubectl get ovs` shows, plus the frame count."""
+
+    phase: str | None
+    stream_id: str | None
+    fps: float | None
+    frames: int | None
+    reason: str | None
+
+    @classmethod
+    def from_object(cls, obj: dict[str, Any] | None) -> StreamView:
+        status: dict[str, Any] = (obj or {}).get("status") or {}
+        stream: dict[str, Any] = status.get("stream") or {}
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        return cls(
+            phase=status.get("phase"),
+            stream_id=status.get("streamId"),
+            fps=stream.get("recentFps"),
+            frames=stream.get("lastFrameIndex"),
+            reason=(ready or {}).get("reason"),
+        )
+
+
+ROW_FORMAT = "{:>6}  {:<14} {:<14} {:<38} {:>5}  {:>7}  {}"
+HEADER = ROW_FORMAT.format("TIME", "NAME", "PHASE", "STREAM ID", "FPS", "FRAMES", "REASON")
+
+
+def format_row(elapsed: float, name: str, view: StreamView) -> str:
+    return ROW_FORMAT.format(
+        f"{elapsed:.0f}s",
+        name,
+        view.phase or "<none>",
+        view.stream_id or "<none>",
+        "-" if view.fps is None else f"{view.fps:.1f}",
+        "-" if view.frames is None else str(view.frames),
+        view.reason or "",
+    )
+
+
+class Progress:
+    """Decides when the goal is reached: Publishing, and a frame count above an earlier
+    Publishing read (so frames are arriving now, not merely some time ago)."""
+
+    def __init__(self) -> None:
+        self.first_frames: int | None = None
+        self.last_frames: int | None = None
+
+    def update(self, view: StreamView) -> bool:
+        if view.phase != "Publishing" or view.frames is None:
+            self.first_frames = None
+            return False
+        self.last_frames = view.frames
+        if self.first_frames is None or view.frames < self.first_frames:
+            # A recreated stream counts from zero again: start over.
+            self.first_frames = view.frames
+            return False
+        return view.frames > self.first_frames
+
+
+# --- the stack --------------------------------------------------------------------------
+
+
+def stream_name() -> str:
+    """The OvershootStream's name, from the example manifest (one source of truth)."""
+    manifest = yaml.safe_load(STREAM_EXAMPLE.read_text())
+    name: str = manifest["metadata"]["name"]
+    return name
+
+
+def example_api_key() -> str:
+    """The key in the example Secret: the emulator accepts exactly it, so the demo exercises
+    the operator's real key handling (a wrong key would show as Unauthorized)."""
+    manifest = yaml.safe_load(API_KEY_SECRET_EXAMPLE.read_text())
+    key: str = manifest["stringData"]["apiKey"]
+    return key
+
+
+class Demo:
+    """The running stack. `start()` brings it up; `close()` takes down whatever was started."""
+
+    def __init__(self, workdir: Path, paths: dict[str, Path], out: Callable[[str], None]) -> None:
+        self.workdir = workdir
+        self.logs = workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.paths = paths
+        self.out = out
+        self.name = stream_name()
+        self.ns: netns.NetNamespace | None = None
+        self.livekit: LiveKitServer | None = None
+        self.emulator: EmulatorProcess | None = None
+        self._emulator_log: Any = None
+        self.plane: ControlPlane | None = None
+        self.operator: OperatorProcess | None = None
+
+    # Start-up ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for file in (API_KEY_SECRET_EXAMPLE, STREAM_EXAMPLE):
+            if not file.is_file():
+                raise DemoError(f"{file} is missing: run the demo from a checkout (make demo)")
+        self.out("Creating a network namespace for LiveKit (WebRTC ignores loopback) ...")
+        self.ns = netns.create()
+        self.livekit = LiveKitServer(
+            self.ns, binary=self.paths["livekit-server"], workdir=self.workdir / "livekit"
+        )
+        self.livekit.workdir.mkdir(parents=True, exist_ok=True)
+        self.livekit.start()
+        self.out(f"LiveKit server at {self.livekit.url} (namespace {self.ns.name}).")
+
+        self._emulator_log = (self.logs / "emulator.log").open("ab")
+        self.emulator = EmulatorProcess(
+            api_keys=[example_api_key()],
+            livekit_url=self.livekit.url,
+            livekit_api_key=self.livekit.api_key,
+            livekit_api_secret=self.livekit.api_secret,
+            # Its own session: a Ctrl-C in the terminal reaches only the demo, which then
+            # stops everything in order.
+            command_prefix=["setsid"],
+            stderr=self._emulator_log,
+        ).start()
+        self.out(f"Overshoot emulator at {self.emulator.api_url}, media gateway joined to LiveKit.")
+
+        self.out("Starting the control plane (etcd, kube-apiserver, controller-manager, ...) ...")
+        self.plane = ControlPlane(nodes=1, binary_paths=self.paths)
+        self.plane.start()
+        self.out(
+            f"Control plane up in {self.plane.started_seconds or 0:.0f} s at {self.plane.server}."
+        )
+
+        self.kubectl("apply", "--server-side", "-f", str(ROOT / "deploy" / "crds"))
+        self.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+        self.kubectl("apply", "--server-side", "-f", str(ROOT / "deploy" / "rbac"))
+        self.kubectl("create", "namespace", NAMESPACE)
+        self.wait_for_default_service_account()
+
+        sa_kubeconfig = kube.serviceaccount_kubeconfig(
+            self.plane,
+            OPERATOR_NAMESPACE,
+            OPERATOR_SERVICE_ACCOUNT,
+            self.workdir / "operator.kubeconfig",
+            expiration_seconds=OPERATOR_TOKEN_SECONDS,
+        )
+        self.operator = OperatorProcess(
+            kubeconfig=sa_kubeconfig,
+            settings={
+                "api_url": self.emulator.api_url,
+                "namespaces": NAMESPACE,
+                "status_poll_seconds": str(STATUS_POLL_SECONDS),
+                # Never pulled: the local runner starts the publisher from this checkout.
+                "publisher_image": "overshoot-operator:local",
+                "publisher_image_pull_policy": "Never",
+            },
+            log_path=self.logs / "operator.log",
+        ).start()
+        self.out(
+            f"Operator running as ServiceAccount {OPERATOR_NAMESPACE}/{OPERATOR_SERVICE_ACCOUNT}."
+        )
+
+    def apply_examples(self) -> None:
+        self.kubectl("apply", "-n", NAMESPACE, "-f", str(API_KEY_SECRET_EXAMPLE))
+        self.kubectl("apply", "-n", NAMESPACE, "-f", str(STREAM_EXAMPLE))
+
+    def kubectl(self, *args: str) -> str:
+        """Run the cached kubectl as admin and echo it as a user would type it."""
+        assert self.plane is not None
+        shown = " ".join(a if a.startswith("-") or "/" not in a else _relative(a) for a in args)
+        self.out(f"$ kubectl {shown}")
+        result = subprocess.run(
+            [str(self.paths["kubectl"]), *args],
+            env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig)},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=90,
+        )
+        for line in result.stdout.splitlines():
+            self.out(f"  {line}")
+        if result.returncode != 0:
+            raise DemoError(f"kubectl {shown} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def wait_for_default_service_account(self, timeout: float = 60.0) -> None:
+        # The serviceaccount controller makes `default` asynchronously; Pods (the
+        # publisher's) are refused until it exists.
+        assert self.plane is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = subprocess.run(
+                [str(self.paths["kubectl"]), "get", "-n", NAMESPACE, "serviceaccount/default"],
+                env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig)},
+                capture_output=True,
+                check=False,
+            )
+            if result.returncode == 0:
+                return
+            time.sleep(0.5)
+        raise DemoError(f"ServiceAccount {NAMESPACE}/default did not appear in {timeout:.0f} s")
+
+    def api(self) -> httpx.AsyncClient:
+        assert self.plane is not None and self.plane.pki is not None
+        pki = self.plane.pki
+        return admin_client(
+            self.plane.server, ca_file=pki.ca_cert, cert_file=pki.admin_cert, key_file=pki.admin_key
+        )
+
+    def usage(self) -> str:
+        assert self.plane is not None
+        kubectl = self.paths["kubectl"]
+        return "\n".join(
+            [
+                "",
+                "Use kubectl against the local cluster (in another terminal):",
+                f"  export KUBECONFIG={self.plane.kubeconfig}",
+                f"  export PATH={kubectl.parent}:$PATH",
+                f"  kubectl get ovs -n {NAMESPACE}",
+                f"  kubectl describe ovs -n {NAMESPACE} {self.name}",
+                f"  kubectl get pods,secrets -n {NAMESPACE}",
+                f"  kubectl apply -n {NAMESPACE} -f examples/test-pattern.yaml   # edit, re-apply",
+                f"Logs (operator, publishers, emulator, LiveKit): {self.logs}",
+                "Stop: Ctrl-C. Every process and the network namespace are removed.",
+                "",
+            ]
+        )
+
+    # Health -----------------------------------------------------------------------------
+
+    def dead_component(self) -> str | None:
+        """The name of a component that stopped on its own, if any."""
+        if self.livekit is not None and not self.livekit.running:
+            return "livekit-server"
+        if self.emulator is not None and not self.emulator.running:
+            return "emulator"
+        if self.plane is not None:
+            for component in self.plane.components.values():
+                if not component.running():
+                    return component.name
+        return None
+
+    def log_tails(self, lines: int = 25) -> str:
+        """The last lines of every component's log, for a failure message."""
+        parts: list[str] = []
+        logs = sorted(self.logs.glob("*.log"))
+        if self.livekit is not None:
+            logs.append(self.livekit.log_path)
+        if self.plane is not None:
+            logs.extend(sorted((self.plane.workdir / "logs").glob("*.log")))
+        for path in logs:
+            parts.append(f"--- {path} (last {lines} lines) ---\n{tail(path, lines)}")
+        return "\n".join(parts)
+
+    # Teardown ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop everything that was started, newest first; never raises."""
+        steps: list[tuple[str, Callable[[], object]]] = []
+        if self.operator is not None:
+            steps.append(("operator", self.operator.stop))
+        if self.plane is not None:
+            steps.append(("control plane", self.plane.stop))
+        if self.emulator is not None:
+            steps.append(("emulator", self.emulator.stop))
+        if self._emulator_log is not None:
+            steps.append(("emulator log", self._emulator_log.close))
+        if self.livekit is not None:
+            steps.append(("LiveKit server", self.livekit.stop))
+        if self.ns is not None:
+            steps.append(("network namespace", self.ns.remove))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as err:  # one failed step must not leave the rest running
+                print(f"Stopping the {what} failed: {err}", file=sys.stderr, flush=True)
+        self.operator = self.plane = self.emulator = self.livekit = self.ns = None
+        self._emulator_log = None
+
+
+def _relative(path: str) -> str:
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(ROOT))
+    return path
+
+
+# --- running ----------------------------------------------------------------------------
+
+
+async def watch(demo: Demo, stop: asyncio.Event, *, deadline: float | None) -> int:
+    """Run the runner and print status until the goal (with a deadline) or until `stop`."""
+    out = demo.out
+    async with demo.api() as api:
+        runner = PodRunner(api, workdir=demo.workdir / "pods", log_dir=demo.logs)
+        runner_task = asyncio.create_task(runner.run(stop), name="runner")
+        progress = Progress()
+        path = STREAMS_PATH.format(namespace=NAMESPACE, name=demo.name)
+        started = time.monotonic()
+        reached = False
+        last_printed = 0.0
+        last_line = ""
+        try:
+            await asyncio.to_thread(demo.apply_examples)
+            out("")
+            out(HEADER)
+            while not stop.is_set():
+                if runner_task.done():
+                    runner_task.result()
+                    raise DemoError("the local Pod runner stopped")
+                dead = demo.dead_component()
+                if dead is not None:
+                    raise DemoError(f"{dead} exited on its own")
+                obj: dict[str, Any] | None = None
+                try:
+                    response = await api.get(path)
+                    if response.status_code == 200:
+                        obj = response.json()
+                except httpx.HTTPError as err:
+                    out(f"(reading the OvershootStream failed: {err})")
+                view = StreamView.from_object(obj)
+                now = time.monotonic()
+                line = format_row(now - started, demo.name, view)
+                changed = line.split(None, 1)[1] != last_line
+                if not reached or changed or now - last_printed >= QUIET_INTERVAL:
+                    out(line)
+                    last_printed, last_line = now, line.split(None, 1)[1]
+                if not reached and progress.update(view):
+                    reached = True
+                    out(
+                        f"\nOvershootStream {NAMESPACE}/{demo.name} is Publishing: the media "
+                        f"gateway decoded frames {progress.first_frames} -> "
+                        f"{progress.last_frames}, sent by the publisher through LiveKit."
+                    )
+                    if deadline is not None:
+                        return 0
+                    out(demo.usage())
+                if deadline is not None and now > deadline:
+                    raise DemoError(
+                        f"OvershootStream {NAMESPACE}/{demo.name} did not reach Publishing with "
+                        f"growing frames in time (last: phase {view.phase}, "
+                        f"frames {view.frames}, reason {view.reason})"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), READ_INTERVAL)
+            return 0 if reached or deadline is None else 130
+        finally:
+            # The runner stops every publisher before the stack under it goes away.
+            stop.set()
+            await asyncio.gather(runner_task, return_exceptions=True)
+
+
+def run(timeout: float | None, keep_logs: bool) -> int:
+    interrupts = Interrupts()
+    interrupts.install()
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+
+    if os.geteuid() != 0:
+        print(
+            "error: the demo needs root (CAP_NET_ADMIN) to create the network namespace "
+            "LiveKit runs in; run it as root or in a container with --cap-add NET_ADMIN.",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        out("Checking the Go-built binaries (the first run builds them; that takes a while) ...")
+        paths = binaries.ensure(list(REQUIRED_BINARIES))
+    except KeyboardInterrupt:
+        return 130
+    except binaries.BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    # The deadline starts once the binaries exist: a cold build is not part of the demo.
+    deadline = None if timeout is None else time.monotonic() + timeout
+    workdir = Path(tempfile.mkdtemp(prefix="overshoot-demo-"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout
+    )
+    # httpx logs every request at INFO: the harness' readiness polls would bury the story.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    demo = Demo(workdir, paths, out)
+    code = 1
+    failed = False
+    try:
+        demo.start()
+        out(demo.usage())
+        loop_stop: asyncio.Event | None = None
+
+        async def main() -> int:
+            nonlocal loop_stop
+            loop_stop = asyncio.Event()
+            interrupts.attach(asyncio.get_running_loop(), loop_stop)
+            if interrupts.requested:
+                return 130
+            return await watch(demo, loop_stop, deadline=deadline)
+
+        try:
+            code = asyncio.run(main())
+        finally:
+            interrupts.detach()
+        if interrupts.requested:
+            code = 0 if timeout is None else 130
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as err:  # whatever failed, the user gets the message and the logs
+        failed = True
+        print(f"\nerror: {err}\n\n{demo.log_tails()}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        out("Stopping: publishers, operator, control plane, emulator, LiveKit, namespace ...")
+        demo.close()
+        if failed or keep_logs:
+            out(f"Logs kept in {demo.logs}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        out("Stopped.")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="overshoot-localstack demo",
+        description="Run the whole stack locally and publish a test pattern with real video.",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="exit 0 once the stream is Publishing with growing frames, or non-zero after "
+        "SECONDS (counted after the binaries are built); without it, run until Ctrl-C",
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the logs directory")
+    args = parser.parse_args(argv)
+    return run(args.timeout, args.keep_logs)
