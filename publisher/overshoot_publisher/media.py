@@ -95,7 +95,11 @@ class MediaLoop:
         """Publish until cancelled; raise SourceRejected for what the user must fix."""
         video = self._config.video
         while True:
-            reader = SourceReader(self._spec, on_decoder_open=self._metrics.decoder_opens.inc)
+            reader = SourceReader(
+                self._spec,
+                on_decoder_open=self._metrics.decoder_opens.inc,
+                on_read=self._metrics.frames_read.inc,
+            )
             try:
                 info = await reader.open()
                 mode = choose_mode(info, video, force_transcode=self._force_transcode)
@@ -132,7 +136,6 @@ class MediaLoop:
         pacer = None if info.live else Pacer(self._clock)
         first = True
         async for unit in reader.units(strict=strict):
-            self._metrics.frames_read.inc()
             if first:
                 self._first_frame()
                 first = False
@@ -159,7 +162,6 @@ class MediaLoop:
         pacer = Pacer(self._clock)
         first = True
         async for frame in reader.frames(max_height=video.max_height, max_fps=video.max_fps):
-            self._metrics.frames_read.inc()
             if first:
                 self._first_frame()
                 first = False

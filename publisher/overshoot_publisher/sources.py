@@ -215,9 +215,15 @@ def translate_error(exc: BaseException, spec: OpenSpec, *, opening: bool) -> Exc
 class MediaInput:
     """An opened source. Blocking: use only from the source's own thread (`SourceReader`)."""
 
-    def __init__(self, spec: OpenSpec, on_decoder_open: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        spec: OpenSpec,
+        on_decoder_open: Callable[[], None] | None = None,
+        on_read: Callable[[], None] | None = None,
+    ) -> None:
         self.spec = spec
         self._on_decoder_open = on_decoder_open
+        self._on_read = on_read or (lambda: None)
         try:
             self._container: Any = av.open(
                 spec.url,
@@ -287,6 +293,7 @@ class MediaInput:
                 for packet in self._container.demux(self._stream):
                     if packet.size == 0:
                         continue  # demuxer flush marker
+                    self._on_read()
                     pts = packet.pts
                     if pts is not None and last_pts is not None and pts < last_pts:
                         why = (
@@ -331,6 +338,7 @@ class MediaInput:
         while True:
             try:
                 for frame in self._container.decode(self._stream):
+                    self._on_read()
                     media_time = self._time(frame.pts, count * interval)
                     count += 1
                     last_time = media_time
@@ -354,9 +362,16 @@ class MediaInput:
 class SourceReader:
     """Runs one `MediaInput` on a thread of its own and exposes it to asyncio."""
 
-    def __init__(self, spec: OpenSpec, on_decoder_open: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        spec: OpenSpec,
+        on_decoder_open: Callable[[], None] | None = None,
+        on_read: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_decoder_open` and `on_read` are called on the source's thread."""
         self.spec = spec
         self._on_decoder_open = on_decoder_open
+        self._on_read = on_read
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="source"
         )
@@ -368,7 +383,7 @@ class SourceReader:
 
     async def open(self) -> StreamInfo:
         started = time.monotonic()
-        self._input = await self._call(MediaInput, self.spec, self._on_decoder_open)
+        self._input = await self._call(MediaInput, self.spec, self._on_decoder_open, self._on_read)
         logger.info(
             "Opened source %s in %.1fs: %s %dx%d at %s fps%s",
             self.spec.label,
