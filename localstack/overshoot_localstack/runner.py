@@ -206,6 +206,7 @@ class LocalPod:
 
     def sync_volumes(self, secrets: Mapping[SecretKey, Mapping[str, bytes]]) -> None:
         """Write each Secret volume's files where they differ from the Secret's data."""
+        self._ensure_dir()
         ready = True
         for mount in self.mounts:
             data = secrets.get((self.namespace, mount.secret))
@@ -217,27 +218,33 @@ class LocalPod:
             if files is None:
                 ready = False
                 continue
-            if self._written.get(mount.volume) == files:
+            written = self._written.get(mount.volume)
+            if written == files:
                 continue
             mount.local_dir.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
             mount.local_dir.chmod(_DIR_MODE)
-            for name, content in files.items():
-                _write_atomically(mount.local_dir / name, content)
-            for stale in set(self._written.get(mount.volume, {})) - set(files):
-                (mount.local_dir / stale).unlink(missing_ok=True)
-            if mount.volume in self._written:
-                # Names only: the values are the token and the room.
+            changed = sorted(n for n in files if (written or {}).get(n) != files[n])
+            for name in changed:
+                _write_atomically(mount.local_dir / name, files[name])
+            removed = sorted(set(written or {}) - set(files))
+            for name in removed:
+                (mount.local_dir / name).unlink(missing_ok=True)
+            if written is not None:
+                # File names only: the values are the token and the room.
                 logger.info(
                     "Updated Secret volume %s (Secret %s/%s) of Pod %s: %s",
                     mount.volume,
                     self.namespace,
                     mount.secret,
                     self,
-                    ", ".join(sorted(files)),
+                    ", ".join([*changed, *(f"-{name}" for name in removed)]),
                 )
             self._written[mount.volume] = files
         if ready:
             self._volumes_ready.set()
+
+    def _ensure_dir(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
 
     def _config_env(self, health_port: int) -> dict[str, str]:
         """The container env with the config's mount paths and health port made local."""
@@ -331,6 +338,7 @@ class LocalPod:
             # A Pod has its own network namespace; here every publisher shares the host's.
             "OVERSHOOT_PUBLISHER_HEALTH_HOST": "127.0.0.1",
         }
+        self._ensure_dir()
         self._termination_log.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
