@@ -357,17 +357,22 @@ class Demo:
                     return component.name
         return None
 
-    def log_tails(self, lines: int = 25) -> str:
-        """The last lines of every component's log, for a failure message."""
-        parts: list[str] = []
-        logs = sorted(self.logs.glob("*.log"))
+    def log_tails(self, lines: int = 25, plane_lines: int = 8) -> str:
+        """The last lines of every component's log, for a failure message.
+
+        The control plane's logs get fewer lines unless one of its components died: they
+        are rarely the story, and they are removed with it.
+        """
+        logs = [(path, lines) for path in sorted(self.logs.glob("*.log"))]
         if self.livekit is not None:
-            logs.append(self.livekit.log_path)
+            logs.append((self.livekit.log_path, lines))
         if self.plane is not None:
-            logs.extend(sorted((self.plane.workdir / "logs").glob("*.log")))
-        for path in logs:
-            parts.append(f"--- {path} (last {lines} lines) ---\n{tail(path, lines)}")
-        return "\n".join(parts)
+            dead = self.dead_component()
+            logs.extend(
+                (path, lines if path.stem == dead else plane_lines)
+                for path in sorted((self.plane.workdir / "logs").glob("*.log"))
+            )
+        return "\n".join(f"--- {path} (last {n} lines) ---\n{tail(path, n)}" for path, n in logs)
 
     # Teardown ---------------------------------------------------------------------------
 
@@ -415,7 +420,7 @@ async def watch(demo: Demo, stop: asyncio.Event, *, deadline: float | None) -> i
         started = time.monotonic()
         reached = False
         last_printed = 0.0
-        last_line = ""
+        last_state: tuple[str | None, str | None, str | None] = (None, None, None)
         try:
             await asyncio.to_thread(demo.apply_examples)
             out("")
@@ -436,11 +441,11 @@ async def watch(demo: Demo, stop: asyncio.Event, *, deadline: float | None) -> i
                     out(f"(reading the OvershootStream failed: {err})")
                 view = StreamView.from_object(obj)
                 now = time.monotonic()
-                line = format_row(now - started, demo.name, view)
-                changed = line.split(None, 1)[1] != last_line
-                if not reached or changed or now - last_printed >= QUIET_INTERVAL:
-                    out(line)
-                    last_printed, last_line = now, line.split(None, 1)[1]
+                # Every read until the goal; after it, transitions and a periodic line.
+                state = (view.phase, view.stream_id, view.reason)
+                if not reached or state != last_state or now - last_printed >= QUIET_INTERVAL:
+                    out(format_row(now - started, demo.name, view))
+                    last_printed, last_state = now, state
                 if not reached and progress.update(view):
                     reached = True
                     out(

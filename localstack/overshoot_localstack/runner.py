@@ -244,7 +244,9 @@ class LocalPod:
             self._volumes_ready.set()
 
     def _ensure_dir(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+        # mkdir's mode applies to the last component only: each level is made explicitly.
+        for directory in (self.dir, self.dir / "volumes"):
+            directory.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
 
     def _config_env(self, health_port: int) -> dict[str, str]:
         """The container env with the config's mount paths and health port made local."""
