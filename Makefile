@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test unit lint demo binaries cluster-up cluster-down clean
+.PHONY: setup test unit lint demo binaries cluster-up cluster-down clean chart-sync
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ cluster-up: setup binaries
 
 cluster-down: setup
 	$(BIN)/overshoot-localstack cluster down
+
+# The Helm chart's copies of deploy/crds/ and the deploy/rbac/ rules (tests/helm/ checks them).
+chart-sync: setup
+	$(BIN)/python hack/sync-chart.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,59 @@
+"""Helpers shared by the Helm chart tests: paths, `--set` arguments, picking objects.
+
+Fixtures that run helm are in conftest.py; this module runs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from overshoot_localstack import binaries
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "overshoot-operator"
+RELEASE_NAMESPACE = "overshoot-system"
+# The version the local control plane runs; `helm template` would otherwise assume v1.20.
+KUBE_VERSION = binaries.KUBERNETES_VERSION
+
+Render = Callable[..., list[dict[str, Any]]]
+
+
+def load_sync_module() -> ModuleType:
+    """hack/sync-chart.py, imported by path (hack/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("sync_chart", ROOT / "hack" / "sync-chart.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def set_args(values: dict[str, Any]) -> list[str]:
+    """Helm arguments for `values`: a string is a `--set` expression (e.g. '{a,b}' for a
+    list); anything else goes through `--set-json`, since `--set` turns 2.5 into a string.
+    """
+    args: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, str):
+            args += ["--set", f"{key}={value}"]
+        else:
+            args += ["--set-json", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def only(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    """The one object of `kind` (and `name`), failing with what was rendered instead."""
+    found = [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+    rendered = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, rendered: {rendered}"
+    return found[0]
+
+
+def kinds(objects: list[dict[str, Any]]) -> list[str]:
+    return sorted(o["kind"] for o in objects)

@@ -1,0 +1,247 @@
+"""The chart installed, upgraded and uninstalled by the real helm binary on the real control
+plane (kube-apiserver, etcd, controller-manager, scheduler; kwok fakes the nodes, so the
+operator Pods reach Running without an image being pulled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from chartkit import CHART, ROOT, set_args
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from conftest import Helm
+from fixtures.cluster import wait_for
+from overshoot_localstack.cluster import ControlPlane
+
+pytestmark = pytest.mark.integration
+
+CRD_NAME = "overshootstreams.overshoot.ai"
+TIMEOUT = "180s"
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+    kubeconfig: Path
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.name}-overshoot-operator"
+
+
+def _gone(read: Any, *args: str) -> bool:
+    try:
+        read(*args)
+    except ApiException as err:
+        if err.status == 404:
+            return True
+        raise
+    return False
+
+
+def _adopt_crd(api: client.ApiClient, release: str, namespace: str) -> None:
+    """Let the release take over the CRD if other tests (or an earlier release) applied it.
+
+    Helm refuses to create an object that exists without its ownership marks; these are the
+    marks it documents for adopting one, the same step a user takes after `kubectl apply`.
+    """
+    extensions = client.ApiextensionsV1Api(api)
+    if _gone(extensions.read_custom_resource_definition, CRD_NAME):
+        return
+    extensions.patch_custom_resource_definition(
+        CRD_NAME,
+        {
+            "metadata": {
+                "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {
+                    "meta.helm.sh/release-name": release,
+                    "meta.helm.sh/release-namespace": namespace,
+                },
+            }
+        },
+    )
+
+
+@pytest.fixture
+def release(
+    cluster: ControlPlane, kube_api: client.ApiClient, namespace: str, helm: Helm
+) -> Iterator[Release]:
+    """A release name in the test's namespace; uninstalled afterwards if still installed."""
+    rel = Release(f"ovs-{uuid.uuid4().hex[:6]}", namespace, cluster.kubeconfig)
+    _adopt_crd(kube_api, rel.name, rel.namespace)
+    yield rel
+    helm("uninstall", rel.name, "-n", rel.namespace, kubeconfig=rel.kubeconfig, check=False)
+
+
+def _install(helm: Helm, rel: Release, values: dict[str, Any]) -> str:
+    result = helm(
+        "install",
+        rel.name,
+        str(CHART),
+        "-n",
+        rel.namespace,
+        "--wait",
+        "--timeout",
+        TIMEOUT,
+        *set_args(values),
+        kubeconfig=rel.kubeconfig,
+    )
+    return result.stdout
+
+
+def _upgrade(helm: Helm, rel: Release, values: dict[str, Any]) -> None:
+    helm(
+        "upgrade",
+        rel.name,
+        str(CHART),
+        "-n",
+        rel.namespace,
+        "--reuse-values",
+        "--wait",
+        "--timeout",
+        TIMEOUT,
+        *set_args(values),
+        kubeconfig=rel.kubeconfig,
+    )
+
+
+def _running_pods(api: client.ApiClient, rel: Release, count: int) -> list[Any]:
+    def running() -> list[Any] | None:
+        pods = (
+            client.CoreV1Api(api)
+            .list_namespaced_pod(
+                rel.namespace, label_selector=f"app.kubernetes.io/instance={rel.name}"
+            )
+            .items
+        )
+        live = [p for p in pods if p.metadata.deletion_timestamp is None]
+        if len(live) == count and all(p.status.phase == "Running" for p in live):
+            return live
+        return None
+
+    return wait_for(running, 60, what=f"{count} Running operator Pod(s) of {rel.name}")
+
+
+def _env(container: Any) -> dict[str, str]:
+    return {e.name: e.value for e in container.env if e.value is not None}
+
+
+def test_install_upgrade_uninstall(
+    kube_api: client.ApiClient, helm: Helm, release: Release
+) -> None:
+    apps = client.AppsV1Api(kube_api)
+    core = client.CoreV1Api(kube_api)
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    extensions = client.ApiextensionsV1Api(kube_api)
+
+    notes = _install(helm, release, {})
+    # NOTES.txt: the next step is the key's Secret, then a stream, then watching it.
+    assert (
+        f"kubectl create secret generic overshoot-api-key \\\n       --namespace {release.namespace}"
+        in notes
+    )
+    assert "kubectl apply -f examples/test-pattern.yaml" in notes
+    assert "kubectl get ovs -A -w" in notes
+
+    deployment = apps.read_namespaced_deployment(release.fullname, release.namespace)
+    assert deployment.spec.template.spec.service_account_name == release.fullname
+    core.read_namespaced_service_account(release.fullname, release.namespace)
+    pods = _running_pods(kube_api, release, 1)
+    assert pods[0].spec.containers[0].command == ["overshoot-operator"]
+
+    # RBAC as stored by the API server equals deploy/rbac/cluster-role.yaml.
+    role = rbac.read_cluster_role(release.fullname)
+    stored = kube_api.sanitize_for_serialization(role.rules)
+    source = yaml.safe_load((ROOT / "deploy" / "rbac" / "cluster-role.yaml").read_text())
+    assert stored == source["rules"]
+    binding = rbac.read_cluster_role_binding(release.fullname)
+    assert [(s.name, s.namespace) for s in binding.subjects] == [
+        (release.fullname, release.namespace)
+    ]
+
+    crd = extensions.read_custom_resource_definition(CRD_NAME)
+    assert crd.metadata.annotations["helm.sh/resource-policy"] == "keep"
+    assert crd.metadata.annotations["meta.helm.sh/release-name"] == release.name
+    established = {c.type: c.status for c in crd.status.conditions}
+    assert established.get("Established") == "True"
+
+    # Upgrade: a changed value reaches the Deployment's Pod template and rolls the Pod.
+    generation = deployment.metadata.generation
+    _upgrade(helm, release, {"apiLimits.maxConcurrency": "4", "keepalive.intervalSeconds": "60"})
+    deployment = apps.read_namespaced_deployment(release.fullname, release.namespace)
+    assert deployment.metadata.generation > generation
+    env = _env(deployment.spec.template.spec.containers[0])
+    assert env["OVERSHOOT_API_MAX_CONCURRENCY"] == "4"
+    assert env["OVERSHOOT_KEEPALIVE_INTERVAL_SECONDS"] == "60"
+    pods = _running_pods(kube_api, release, 1)
+    assert _env(pods[0].spec.containers[0])["OVERSHOOT_API_MAX_CONCURRENCY"] == "4"
+    history = helm("history", release.name, "-n", release.namespace, kubeconfig=release.kubeconfig)
+    assert "deployed" in history.stdout.splitlines()[-1]
+
+    # Uninstall: the operator and its RBAC go; the CRD (and so every user's stream) stays.
+    result = helm(
+        "uninstall", release.name, "-n", release.namespace, "--wait", kubeconfig=release.kubeconfig
+    )
+    assert CRD_NAME in result.stdout + result.stderr  # Helm says which resources it kept
+    wait_for(
+        lambda: _gone(apps.read_namespaced_deployment, release.fullname, release.namespace),
+        60,
+        what=f"Deployment {release.fullname} to be deleted",
+    )
+    assert _gone(rbac.read_cluster_role, release.fullname)
+    assert _gone(core.read_namespaced_service_account, release.fullname, release.namespace)
+    assert not _gone(extensions.read_custom_resource_definition, CRD_NAME)
+
+
+def test_upgrade_to_two_replicas_with_peering(
+    kube_api: client.ApiClient, helm: Helm, release: Release
+) -> None:
+    apps = client.AppsV1Api(kube_api)
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    custom = client.CustomObjectsApi(kube_api)
+
+    _install(helm, release, {})
+    _upgrade(helm, release, {"replicaCount": "2"})
+
+    # The standalone Deployment is replaced by the peered StatefulSet.
+    wait_for(
+        lambda: _gone(apps.read_namespaced_deployment, release.fullname, release.namespace),
+        60,
+        what=f"Deployment {release.fullname} to be replaced",
+    )
+    statefulset = apps.read_namespaced_stateful_set(release.fullname, release.namespace)
+    assert statefulset.spec.replicas == 2
+    pods = _running_pods(kube_api, release, 2)
+    # The label each replica's kopf priority comes from is set by the real controller, and
+    # differs between the replicas.
+    indexes = sorted(p.metadata.labels["apps.kubernetes.io/pod-index"] for p in pods)
+    assert indexes == ["0", "1"]
+    args = pods[0].spec.containers[0].args
+    assert args == [f"--peering={release.fullname}", "--priority=$(POD_INDEX)"]
+
+    # kopf's peering CRD came from the chart's crds/ folder; the object from templates/.
+    peering = custom.get_cluster_custom_object(
+        "kopf.dev", "v1", "clusterkopfpeerings", release.fullname
+    )
+    assert peering["metadata"]["name"] != "default"
+    path = ROOT / "deploy" / "rbac" / "optional" / "kopf-peering.yaml"
+    source = next(d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "ClusterRole")
+    role = rbac.read_cluster_role(f"{release.fullname}-peering")
+    assert kube_api.sanitize_for_serialization(role.rules) == source["rules"]
+
+    helm(
+        "uninstall", release.name, "-n", release.namespace, "--wait", kubeconfig=release.kubeconfig
+    )
+    assert _gone(
+        custom.get_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings", release.fullname
+    )
+    assert _gone(rbac.read_cluster_role, f"{release.fullname}-peering")
