@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +22,7 @@ RELEASE_NAMESPACE = "overshoot-system"
 KUBE_VERSION = binaries.KUBERNETES_VERSION
 
 Render = Callable[..., list[dict[str, Any]]]
+Helm = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def load_sync_module() -> ModuleType:

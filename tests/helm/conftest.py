@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from chartkit import CHART, KUBE_VERSION, RELEASE_NAMESPACE, Render, set_args
+from chartkit import CHART, KUBE_VERSION, RELEASE_NAMESPACE, Helm, Render, set_args
 
 from overshoot_localstack import binaries
-
-Helm = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="session")

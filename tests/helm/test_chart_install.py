@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import CHART, ROOT, set_args
+from chartkit import CHART, ROOT, Helm, set_args
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conftest import Helm
 from fixtures.cluster import wait_for
 from overshoot_localstack.cluster import ControlPlane
 

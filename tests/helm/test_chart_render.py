@@ -16,6 +16,7 @@ from chartkit import (
     CHART,
     RELEASE_NAMESPACE,
     ROOT,
+    Helm,
     Render,
     kinds,
     load_sync_module,
@@ -23,7 +24,6 @@ from chartkit import (
     set_args,
 )
 
-from conftest import Helm
 from overshoot_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
