@@ -36,6 +36,9 @@ FULLNAME = "ovs-overshoot-operator"
 NOT_RENDERED = {
     # Changing it would orphan every stream's stored state; not a user setting.
     "annotation_prefix",
+    # The kubelet probes the Pod IP: in a Pod, the default (all interfaces) is the only
+    # value that works.
+    "listen_host",
 }
 NON_DEFAULT: dict[str, Any] = {
     "replicaCount": "2",
