@@ -38,6 +38,7 @@ class OperatorProcess:
         self.env = {
             **os.environ,
             **{f"OVERSHOOT_{k.upper()}": v for k, v in settings.items()},
+            "OVERSHOOT_LISTEN_HOST": "127.0.0.1",
             "OVERSHOOT_HEALTH_PORT": str(self.health_port),
             "OVERSHOOT_METRICS_PORT": str(self.metrics_port),
         }
@@ -68,6 +69,12 @@ class OperatorProcess:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"overshoot-operator not healthy in {timeout}s:\n{self.logs()[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("overshoot-operator not running")
+        return self._process.pid
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # explicitly in `configure`. Both must use the same identity.
         os.environ["KUBECONFIG"] = args.kubeconfig
     handlers.configure(settings, kubeconfig=args.kubeconfig)
-    start_http_server(settings.metrics_port, registry=metrics.REGISTRY)
+    start_http_server(settings.metrics_port, addr=settings.listen_host, registry=metrics.REGISTRY)
     asyncio.run(
         kopf.operator(
             clusterwide=not settings.namespaces,
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             standalone=args.peering is None,
             peering_name=args.peering,
             priority=args.priority,
-            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+            liveness_endpoint=f"http://{settings.listen_host}:{settings.health_port}/healthz",
         )
     )
     return 0

@@ -157,18 +157,24 @@ class Kube:
                 continue
         return out
 
-    async def apply_secret(self, manifest: Mapping[str, Any]) -> None:
-        """Create the Secret, or replace its data if it exists (we own it)."""
+    async def apply_secret(self, manifest: Mapping[str, Any], *, exists: bool = False) -> None:
+        """Create the Secret, or replace its data if it exists (we own it).
+
+        `exists` says which to try first: a keepalive's token rotation patches a Secret
+        that is almost always there, and a refused create is one more write request.
+        """
         meta = manifest["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        try:
+
+        async def create() -> None:
             await self._call(
                 f"Create Secret {namespace}/{name}",
                 self._core.create_namespaced_secret,
                 namespace,
                 dict(manifest),
             )
-        except ConflictError:
+
+        async def patch() -> None:
             await self._call(
                 f"Patch Secret {namespace}/{name}",
                 self._core.patch_namespaced_secret,
@@ -176,6 +182,17 @@ class Kube:
                 namespace,
                 dict(manifest),
             )
+
+        if exists:
+            try:
+                await patch()
+            except NotFoundError:
+                await create()
+            return
+        try:
+            await create()
+        except ConflictError:
+            await patch()
 
     async def delete_secret(self, namespace: str, name: str) -> None:
         with contextlib.suppress(NotFoundError):

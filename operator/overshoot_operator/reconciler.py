@@ -199,8 +199,17 @@ class Reconciler:
 
     # ---- Overshoot calls, through the limiter and the metrics ---------------------------
 
-    async def _api(self, priority: Priority, endpoint: str, call: Any) -> Any:
+    async def _api(
+        self,
+        priority: Priority,
+        endpoint: str,
+        call: Any,
+        *,
+        on_start: Callable[[], None] | None = None,
+    ) -> Any:
         async with self.limiter.slot(priority):
+            if on_start is not None:
+                on_start()
             try:
                 result = await call
             except ov.OvershootError as err:
@@ -360,8 +369,10 @@ class Reconciler:
         expires_at_ms: int | None = None
         secret_name = res.publish_secret_name(name)
 
+        secret_exists = False
         if stream_id is not None:
             secret = await self.kube.read_publish_secret(namespace, secret_name)
+            secret_exists = secret is not None
             secret_ok = bool(secret) and (secret or {}).get("streamId") == stream_id
             stored_expiry = status.expires_at
             left = (stored_expiry - self.clock()).total_seconds() if stored_expiry else None
@@ -469,7 +480,7 @@ class Reconciler:
             ever_had_frames=bool(status.stream and status.stream.last_frame_index is not None),
         )
         if publish is not None:
-            await self._write_publish_secret(tracked, publish)
+            await self._write_publish_secret(tracked, publish, exists=secret_exists)
         self.tracked[key] = tracked
         self._schedule_keepalive(tracked, after_success=True)
         self.polls.schedule(key, 0 if not resumed else self.rng.uniform(0, 10))
@@ -500,14 +511,16 @@ class Reconciler:
             return "unknown"
         return state.end_reason or ("unknown" if state.ended else "active")
 
-    async def _write_publish_secret(self, tracked: Tracked, publish: ov.PublishInfo) -> None:
+    async def _write_publish_secret(
+        self, tracked: Tracked, publish: ov.PublishInfo, *, exists: bool = False
+    ) -> None:
         manifest = manifests.build_publish_secret(
             tracked.ref(),
             url=publish.url,
             token=publish.token.get_secret_value(),
             stream_id=tracked.stream_id,
         )
-        await self.kube.apply_secret(manifest)
+        await self.kube.apply_secret(manifest, exists=exists)
 
     def _schedule_keepalive(self, tracked: Tracked, *, after_success: bool) -> None:
         left = tracked.expires_at_ms / 1000.0 - time.time()
@@ -704,20 +717,25 @@ class Reconciler:
             tracked = self.tracked.get(key)
             if tracked is None:
                 return
-            if tracked.keepalive_due_wall is not None:
-                lateness = max(0.0, time.time() - tracked.keepalive_due_wall)
-                metrics.KEEPALIVE_LATENESS.observe(lateness)
-            await self._keepalive_locked(tracked)
+            await self._keepalive_locked(tracked, due_wall=tracked.keepalive_due_wall)
             if key in self.tracked:
                 await self._write_status(self.tracked[key])
 
-    async def _keepalive_locked(self, tracked: Tracked) -> None:
+    async def _keepalive_locked(self, tracked: Tracked, *, due_wall: float | None = None) -> None:
         key = (tracked.namespace, tracked.name)
+
+        def started() -> None:
+            # Lateness counts until the call starts, so the wait for a limiter slot is in
+            # it: that queue is where a lease is lost under load.
+            if due_wall is not None:
+                metrics.KEEPALIVE_LATENESS.observe(max(0.0, time.time() - due_wall))
+
         try:
             result = await self._api(
                 Priority.KEEPALIVE,
                 "keepalive",
                 self.client.keepalive(tracked.api_key, tracked.stream_id),
+                on_start=started,
             )
         except ov.NotFound:
             metrics.KEEPALIVES.labels("ended").inc()
@@ -738,7 +756,7 @@ class Reconciler:
         tracked.expires_at_ms = result.expires_at_ms
         if result.publish is not None:
             try:
-                await self._write_publish_secret(tracked, result.publish)
+                await self._write_publish_secret(tracked, result.publish, exists=True)
             except KubeError as err:
                 tracked.problem = dec.problem_from_error(
                     err, owner=tracked.owner, api_key_ref=tracked.api_key_ref
@@ -805,7 +823,7 @@ class Reconciler:
             tracked.namespace, tracked.name, created.id, tracked.recreations
         )
         metrics.RECREATIONS.labels(end_reason).inc()
-        await self._write_publish_secret(tracked, created.publish)
+        await self._write_publish_secret(tracked, created.publish, exists=True)
         self._event(
             "Normal",
             tracked.ref(),

@@ -56,7 +56,9 @@ class OperatorSettings(BaseSettings):
     # Namespaces to watch; empty means the whole cluster.
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    # Liveness and metrics endpoints.
+    # Liveness and metrics endpoints. All interfaces in a Pod (the kubelet probes the Pod
+    # IP); 127.0.0.1 for local runs.
+    listen_host: str = "0.0.0.0"
     health_port: int = 8081
     metrics_port: int = 9090
 
