@@ -33,16 +33,17 @@ ALLOWED: list[Access] = [
     ("list", "", "namespaces", "", None),
     ("watch", "", "namespaces", "", None),
     ("create", "", "events", "", "cameras"),
-    ("create", "events.k8s.io", "events", "", "cameras"),
     *[(v, "", "secrets", "", "cameras") for v in ("create", "get", "patch", "delete")],
-    ("list", "", "secrets", "", None),
-    ("watch", "", "secrets", "", None),
     *[(v, "", "pods", "", "cameras") for v in ("create", "get", "delete")],
     ("list", "", "pods", "", None),
     ("watch", "", "pods", "", None),
 ]
 
 DENIED: list[Access] = [
+    # Never lists or watches Secrets: only the ones a resource names, by name.
+    ("list", "", "secrets", "", None),
+    ("watch", "", "secrets", "", None),
+    ("list", "", "secrets", "", "cameras"),
     # The operator never creates, replaces or deletes the user's resources.
     ("create", "overshoot.ai", "overshootstreams", "", "cameras"),
     ("update", "overshoot.ai", "overshootstreams", "", "cameras"),
