@@ -45,7 +45,9 @@ FPS_TOLERANCE = 1.05
 KEYFRAME_WAIT_LIMIT = 10.0
 
 
-def choose_mode(info: StreamInfo, video: Video, *, force_transcode: bool = False) -> Mode:
+def choose_mode(
+    info: StreamInfo, video: Video, *, force_transcode: bool = False, label: str = "the source"
+) -> Mode:
     """The media path for this source; SourceRejected if `Passthrough` cannot carry it."""
     if info.generated:
         return "generate"
@@ -53,13 +55,14 @@ def choose_mode(info: StreamInfo, video: Video, *, force_transcode: bool = False
         return "transcode"
     problems: list[str] = []
     if info.codec != "h264":
-        problems.append(f"its video is {info.codec}, and passthrough carries H.264 only")
+        problems.append(f"its video is {info.codec} and passthrough carries H.264 only")
     elif info.has_b_frames:
         problems.append("it has B-frames, which WebRTC cannot carry")
     if video.mode == "Passthrough":
         if problems:
             raise SourceRejected(
-                f"video.mode is Passthrough but {problems[0]}: set video.mode to Auto or Transcode",
+                f"video.mode is Passthrough but {label}: {problems[0]}; set video.mode to "
+                "Auto or Transcode",
                 reason="UnsupportedCodec" if info.codec != "h264" else "UnsupportedVideo",
             )
         return "passthrough"
@@ -102,7 +105,9 @@ class MediaLoop:
             )
             try:
                 info = await reader.open()
-                mode = choose_mode(info, video, force_transcode=self._force_transcode)
+                mode = choose_mode(
+                    info, video, force_transcode=self._force_transcode, label=self._spec.label
+                )
                 self._metrics.set_source_open(True)
                 self._metrics.set_mode(mode)
                 logger.info("Publishing %s in %s mode", self._spec.label, mode)

@@ -110,6 +110,8 @@ class OpenSpec:
     live: bool
     loop: bool
     generated: bool
+    # The user's Secret with the source credentials, to name in messages.
+    credentials_secret: str | None = None
 
 
 def build_open_spec(source: Source, credentials: Credentials | None) -> OpenSpec:
@@ -135,7 +137,18 @@ def build_open_spec(source: Source, credentials: Credentials | None) -> OpenSpec
                 )
             )
         options = {"rtsp_transport": source.rtsp.transport.lower()}
-        return OpenSpec(url, label, None, options, secrets, live=True, loop=False, generated=False)
+        ref = source.rtsp.credentials_secret_ref
+        return OpenSpec(
+            url,
+            label,
+            None,
+            options,
+            secrets,
+            live=True,
+            loop=False,
+            generated=False,
+            credentials_secret=ref.name if ref else None,
+        )
     if source.url is not None:
         label = redact_url(source.url.url)
         options = {}
@@ -148,8 +161,17 @@ def build_open_spec(source: Source, credentials: Credentials | None) -> OpenSpec
         # Live HLS: reconnect on HTTP hiccups instead of ending the stream.
         options["reconnect"] = "1"
         options["reconnect_streamed"] = "1"
+        ref = source.url.credentials_secret_ref
         return OpenSpec(
-            label, label, None, options, secrets, live=False, loop=False, generated=False
+            label,
+            label,
+            None,
+            options,
+            secrets,
+            live=False,
+            loop=False,
+            generated=False,
+            credentials_secret=ref.name if ref else None,
         )
     if source.file is not None:
         path = source.file.path
@@ -177,9 +199,14 @@ def translate_error(exc: BaseException, spec: OpenSpec, *, opening: bool) -> Exc
     strerror = scrub(str(getattr(exc, "strerror", "") or type(exc).__name__), spec.secrets)
     if isinstance(exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError):
         code = 401 if isinstance(exc, av.error.HTTPUnauthorizedError) else 403
+        secret = (
+            f"Secret {spec.credentials_secret!r}"
+            if spec.credentials_secret
+            else "spec.source credentialsSecretRef (none is set)"
+        )
         return SourceRejected(
             f"Source {where} refused the credentials ({code}): check the username and "
-            "password in the source credentials Secret",
+            f"password in {secret}",
             reason="SourceUnauthorized",
         )
     if isinstance(exc, av.error.HTTPNotFoundError):

@@ -191,6 +191,7 @@ def test_wrong_camera_credentials_exit_with_a_termination_message(
     message = process.termination_log.read_text()
     assert "refused the credentials" in message
     assert "SourceUnauthorized" in message
+    assert "lobby-cam" in message
     assert camera.url in message
     for text in (message, process.logs()):
         assert "wrong-Pa55word" not in text
@@ -215,3 +216,21 @@ def test_a_missing_source_exits_with_a_termination_message(
     message = process.termination_log.read_text()
     assert "SourceNotFound" in message
     assert "does not exist" in message
+
+
+def test_passthrough_of_an_unsupported_codec_exits_with_a_termination_message(
+    media_stack: MediaStack,
+    publisher: Callable[..., PublisherProcess],
+    clip: Callable[..., Path],
+) -> None:
+    path = clip("vp8.webm", codec="vp8", fps=FPS, seconds=2)
+    process = publisher(
+        {"source": {"file": {"path": str(path)}}, "video": {"mode": "Passthrough"}},
+        media_stack.create_stream(),
+    ).start()
+    code = process.wait(timeout=60)
+    assert code != 0
+    message = process.termination_log.read_text()
+    assert "UnsupportedCodec" in message
+    assert "vp8" in message
+    assert "Auto or Transcode" in message
