@@ -153,3 +153,14 @@ def test_auto_transcodes_what_webrtc_cannot_carry(
     )
     _assert_rate(media_stack, stream_id, FPS)
     assert process.metrics()['overshoot_publisher_mode{mode="transcode"}'] == 1
+
+
+def test_auto_transcodes_hls_with_b_frames(
+    media_stack: MediaStack,
+    publisher: Callable[..., PublisherProcess],
+    hls_source: Callable[..., HlsSource],
+) -> None:
+    hls = hls_source(fps=FPS, bframes=2)
+    stream_id, process = _publish(media_stack, publisher, {"url": {"url": hls.url}})
+    _assert_rate(media_stack, stream_id, FPS)
+    assert process.metrics()['overshoot_publisher_mode{mode="transcode"}'] == 1
