@@ -60,6 +60,12 @@ def parse_args(argv: Sequence[str] | None) -> EmulatorConfig:
     parser.add_argument("--livekit-api-key")
     parser.add_argument("--livekit-api-secret")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument(
+        "--latency-ms",
+        type=_non_negative,
+        default=0.0,
+        help="delay every API answer by this much (benchmarks; faults add to it)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
@@ -90,6 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> EmulatorConfig:
             else None
         ),
         access_log=args.access_log,
+        latency_ms=args.latency_ms,
     )
 
 

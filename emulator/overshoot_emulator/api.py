@@ -57,10 +57,13 @@ def stream_document(stream: Stream, now_ms: int) -> dict[str, Any]:
 
 
 async def admit(request: web.Request, endpoint: Endpoint) -> tuple[Emulator, str]:
-    """Count the call, apply a queued fault, authenticate; the owner's key digest."""
+    """Count the call, wait the steady latency, apply a queued fault, authenticate; the
+    owner's key digest."""
     emulator = request.app[EMULATOR]
     digest = _bearer_digest(request)
     emulator.calls.count(endpoint, fingerprint(digest) if digest else ANONYMOUS)
+    if emulator.config.latency_ms:
+        await asyncio.sleep(emulator.config.latency_ms / 1000)
     fault = emulator.faults.take(endpoint, digest)
     if fault is not None:
         if fault.latency_ms:

@@ -52,6 +52,8 @@ class EmulatorConfig:
     publish_url: str = DEFAULT_PUBLISH_URL
     livekit: LiveKitCredentials | None = None
     access_log: bool = False
+    # A steady delay before every API answer (not admin), to emulate a remote API's latency.
+    latency_ms: float = 0.0
 
     def accepts(self, digest: str) -> bool:
         return self.accept_any_key or digest in self.accepted_key_digests

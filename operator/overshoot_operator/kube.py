@@ -1,7 +1,7 @@
 """Kubernetes I/O for the operator: the only module that imports the `kubernetes` client.
 
 Boundary: the Kubernetes API (Secrets, Pods, OvershootStream metadata and status). The
-client is synchronous, so every call runs in a worker thread (`asyncio.to_thread`) and
+client is synchronous, so every call runs in one of this module's worker threads and
 nothing blocks the event loop. Results are plain dicts (`_preload_content=False` skips the
 generated models, which cost more CPU than the calls themselves).
 
@@ -17,6 +17,7 @@ import binascii
 import contextlib
 import json
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import kubernetes
@@ -25,6 +26,11 @@ from kubernetes.client.exceptions import ApiException
 from overshoot_operator import resource as res
 
 T = TypeVar("T")
+
+# Threads for the synchronous client. Not asyncio's default executor: that has
+# min(32, CPUs + 4) threads, 6 on a 2-core node, which capped every Kubernetes call of
+# the process (keepalive Secret and status writes of thousands of streams) at 6 in flight.
+KUBE_THREADS = 32
 
 
 class KubeError(Exception):
@@ -62,8 +68,8 @@ def load_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClien
         kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig, client_configuration=configuration
         )
-    # Enough pooled connections for the worker threads that carry our calls.
-    configuration.connection_pool_maxsize = 32
+    # One pooled connection per worker thread that carries our calls.
+    configuration.connection_pool_maxsize = KUBE_THREADS
     return kubernetes.client.ApiClient(configuration)
 
 
@@ -74,8 +80,10 @@ class Kube:
         self._api = api_client
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
+        self._threads = ThreadPoolExecutor(KUBE_THREADS, thread_name_prefix="kube")
 
     def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self._api.close()  # type: ignore[no-untyped-call]
 
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
@@ -85,7 +93,7 @@ class Kube:
             return json.loads(data) if data else None
 
         try:
-            return await asyncio.to_thread(run)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, run)
         except ApiException as err:
             message = f"{what} failed: {err.status} {err.reason}"
             message += _status_message(err.body)
