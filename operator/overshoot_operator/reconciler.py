@@ -79,6 +79,8 @@ class Tracked:
     phase: res.Phase | None = None
     last_stream_state: ov.StreamState | None = None
     last_keepalive: datetime | None = None
+    # The status last sent for this resource, to skip identical writes.
+    last_written: dict[str, Any] | None = None
 
     @property
     def owner(self) -> str:
@@ -333,6 +335,7 @@ class Reconciler:
         if refresh:
             await self._poll_now(tracked)
         patch = self._tracked_status(tracked)
+        tracked.last_written = patch
         return Outcome(patch, retry_in)
 
     # ---- the remote stream ---------------------------------------------------------------
@@ -886,10 +889,14 @@ class Reconciler:
     # ---- status ------------------------------------------------------------------------------
 
     async def _write_status(self, tracked: Tracked) -> None:
+        patch = self._tracked_status(tracked)
+        # A poll that learned nothing new writes nothing: at thousands of streams, identical
+        # status patches were most of the operator's Kubernetes writes (bench/operator_scale).
+        if patch == tracked.last_written:
+            return
         try:
-            await self.kube.patch_stream_status(
-                tracked.namespace, tracked.name, self._tracked_status(tracked)
-            )
+            await self.kube.patch_stream_status(tracked.namespace, tracked.name, patch)
+            tracked.last_written = patch
         except KubeError as err:
             logger.warning("Status write for %s failed: %s", tracked.owner, err)
 

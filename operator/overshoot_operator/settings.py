@@ -47,7 +47,8 @@ class OperatorSettings(BaseSettings):
 
     # Process-wide limits on Overshoot calls; keepalives and deletes go first (invariant 4).
     api_max_concurrency: Annotated[int, Field(ge=1, le=1024)] = 32
-    api_max_per_second: Annotated[float, Field(gt=0, le=10000)] = 50.0
+    # 100/s covers 10,000 streams' keepalives (~83/s at 120 s) with room for polls and creates.
+    api_max_per_second: Annotated[float, Field(gt=0, le=10000)] = 100.0
 
     # How long deletion keeps trying DELETE on an unreachable API before it lets go of the
     # finalizer; the lease ends the stream anyway (invariant 1).
