@@ -51,6 +51,7 @@ from overshoot_localstack import binaries, kube
 from overshoot_localstack import cluster as localcluster
 from overshoot_localstack.emulator import EmulatorProcess
 from overshoot_localstack.operator import OperatorProcess
+from overshoot_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
@@ -62,7 +63,8 @@ STREAMS_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}"
 BIG_NODE = "kwok-bench-big"
 # The production keepalive interval the compression factor is relative to.
 PRODUCTION_INTERVAL = 120.0
-PRODUCTION_MAX_PER_SECOND = 50.0
+# The operator's own default, so the bench loads the limiter as production would.
+PRODUCTION_MAX_PER_SECOND = OperatorSettings.model_fields["api_max_per_second"].default
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"}
 OPERATOR_RESOURCES = {"overshootstreams", "secrets", "pods", "events"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -754,7 +756,7 @@ def main() -> int:
         "--api-max-per-second",
         type=float,
         default=None,
-        help="operator limit on Overshoot calls (default: 50/s scaled by 120/interval)",
+        help="operator limit on Overshoot calls (default: the operator's default rate scaled by 120/interval)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the operator log")
     args = parser.parse_args()
