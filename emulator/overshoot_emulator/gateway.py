@@ -143,15 +143,23 @@ class MediaGateway:
 
         room = rtc.Room()
         disconnected = asyncio.Event()
-        counters: list[asyncio.Task[None]] = []
+        counters: dict[str, asyncio.Task[None]] = {}
 
         def on_track(track: Any, _publication: Any, _participant: Any) -> None:
             if track.kind == rtc.TrackKind.KIND_VIDEO:
-                counters.append(
-                    asyncio.create_task(self._count(stream_id, track), name="gateway-frames")
+                counters[track.sid] = asyncio.create_task(
+                    self._count(stream_id, track), name="gateway-frames"
                 )
 
+        def on_untrack(track: Any, _publication: Any, _participant: Any) -> None:
+            # A publisher that left (replaced Pod, new room) must stop counting: a stale
+            # stream would otherwise keep adding frames next to its successor's.
+            task = counters.pop(track.sid, None)
+            if task is not None:
+                task.cancel()
+
         room.on("track_subscribed", on_track)
+        room.on("track_unsubscribed", on_untrack)
         room.on("disconnected", _setter(disconnected))
         try:
             await room.connect(self._url, self._token(room_name), rtc.RoomOptions())
@@ -165,7 +173,7 @@ class MediaGateway:
             log.warning("Lost room %s; rejoining", room_name)
             return True
         finally:
-            for task in counters:
+            for task in counters.values():
                 task.cancel()
             # Shielded: leaving must finish even when the stream's task is cancelled.
             with contextlib.suppress(Exception):
@@ -190,6 +198,7 @@ class MediaGateway:
                 except (StreamNotFound, StreamEnded):
                     return  # the stream ended while frames were in flight
         finally:
+            stats.tracks -= 1  # tracks counts the ones being decoded now
             with contextlib.suppress(Exception):
                 await video.aclose()
 
