@@ -79,6 +79,8 @@ class Tracked:
     phase: res.Phase | None = None
     last_stream_state: ov.StreamState | None = None
     last_keepalive: datetime | None = None
+    # Whether the owned Secret holds this stream's id and a token.
+    secret_written: bool = True
     # The status last sent for this resource, to skip identical writes.
     last_written: dict[str, Any] | None = None
 
@@ -359,7 +361,8 @@ class Reconciler:
             tracked.api_key = api_key  # a rotated key takes effect on the next call
             tracked.api_key_ref = api_key_ref
             tracked.problem = None
-            if refresh:
+            if refresh or not tracked.secret_written:
+                # A keepalive brings a fresh token, and with it the Secret write that failed.
                 await self._keepalive_locked(tracked)
             return tracked
 
@@ -482,11 +485,16 @@ class Reconciler:
             ),
             ever_had_frames=bool(status.stream and status.stream.last_frame_index is not None),
         )
-        if publish is not None:
-            await self._write_publish_secret(tracked, publish, exists=secret_exists)
+        # Tracked before the Secret is written: if that write fails, the stream is still kept
+        # alive and the next pass must not trust kopf's body, which may predate the recorded
+        # id (a stale body would otherwise lead to a second create and a leaked lease).
+        tracked.secret_written = publish is None
         self.tracked[key] = tracked
         self._schedule_keepalive(tracked, after_success=True)
         self.polls.schedule(key, 0 if not resumed else self.rng.uniform(0, 10))
+        if publish is not None:
+            await self._write_publish_secret(tracked, publish, exists=secret_exists)
+            tracked.secret_written = True
         return tracked
 
     async def _record_stream_id(
@@ -759,7 +767,10 @@ class Reconciler:
         tracked.expires_at_ms = result.expires_at_ms
         if result.publish is not None:
             try:
-                await self._write_publish_secret(tracked, result.publish, exists=True)
+                await self._write_publish_secret(
+                    tracked, result.publish, exists=tracked.secret_written
+                )
+                tracked.secret_written = True
             except KubeError as err:
                 tracked.problem = dec.problem_from_error(
                     err, owner=tracked.owner, api_key_ref=tracked.api_key_ref
