@@ -46,6 +46,7 @@ Key = tuple[str, str]  # (namespace, name)
 # Set just before POST /streams and removed with the id's record: found set on a resource
 # without a recorded id, it means a create may have leaked (invariant 2's Event).
 CREATING_ANNOTATION = f"{res.GROUP}/creating"
+GAUGE_INTERVAL_SECONDS = 10.0
 Clock = Callable[[], datetime]
 
 
@@ -143,6 +144,7 @@ class Reconciler:
         self.tracked: dict[Key, Tracked] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._gauges: asyncio.Task[None] | None = None
         self.keepalives: sch.DueQueue[Key] = sch.DueQueue(self._keepalive_due, name="keepalive")
         self.polls: sch.DueQueue[Key] = sch.DueQueue(self._poll_due, name="status-poll")
 
@@ -151,10 +153,22 @@ class Reconciler:
     def start(self) -> None:
         self.keepalives.start()
         self.polls.start()
+        self._gauges = asyncio.create_task(self._gauge_loop(), name="gauges")
 
     async def stop(self) -> None:
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
         await self.keepalives.stop()
         await self.polls.stop()
+
+    async def _gauge_loop(self) -> None:
+        # The gauges walk every tracked stream: on a timer, not per keepalive, which made
+        # each keepalive O(streams) (quadratic CPU at thousands of streams).
+        while True:
+            self._refresh_gauges()
+            await asyncio.sleep(GAUGE_INTERVAL_SECONDS)
 
     def _event(self, type_: str, obj: Mapping[str, Any], *, reason: str, message: str) -> None:
         """Post a Kubernetes Event in the background: a failed Event never fails a step."""
@@ -184,7 +198,6 @@ class Reconciler:
     def _untrack(self, key: Key) -> Tracked | None:
         self.keepalives.cancel(key)
         self.polls.cancel(key)
-        self._refresh_gauges()
         return self.tracked.pop(key, None)
 
     def _refresh_gauges(self) -> None:
@@ -733,7 +746,6 @@ class Reconciler:
                 await self._write_status(self.tracked[key])
 
     async def _keepalive_locked(self, tracked: Tracked, *, due_wall: float | None = None) -> None:
-        key = (tracked.namespace, tracked.name)
 
         def started() -> None:
             # Lateness counts until the call starts, so the wait for a limiter slot is in
@@ -776,8 +788,6 @@ class Reconciler:
                     err, owner=tracked.owner, api_key_ref=tracked.api_key_ref
                 )
         self._schedule_keepalive(tracked, after_success=True)
-        if key in self.tracked:
-            self._refresh_gauges()
 
     async def _reread_api_key(self, tracked: Tracked) -> None:
         sel = tracked.api_key_selector
@@ -951,7 +961,6 @@ class Reconciler:
                 "streamTimeMs": state.stream_time_ms,
                 "endReason": state.end_reason,
             }
-        self._refresh_gauges()
         return patch
 
     def _base_status(

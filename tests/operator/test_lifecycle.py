@@ -94,6 +94,12 @@ def test_keepalive_refresh_rotates_token(kube_api, namespace, emulator_reset, ru
     create_stream(kube_api, namespace, stream_manifest("cam"))
     secret = wait_for(lambda: publish_secret(kube_api, namespace, "cam"), what="publish Secret")
     first_token = secret["token"]
+    # Creation writes the Secret before it finishes; a refresh asked for while the creation
+    # is still running is absorbed by it (kopf records the annotation with the creation).
+    wait_for(
+        lambda: status(kube_api, namespace, "cam").get("phase") == "Provisioning",
+        what="creation finished",
+    )
     # Ask for a refresh the way Argo CD's action does: a new annotation value.
     client.CustomObjectsApi(kube_api).patch_namespaced_custom_object(
         "overshoot.ai",
