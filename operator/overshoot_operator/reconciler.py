@@ -90,7 +90,7 @@ class Tracked:
         return f"{res.KIND} {self.namespace}/{self.name}"
 
     def ref(self) -> dict[str, Any]:
-        """Enough of the object for kopf.event() and ownerReferences."""
+        """Enough of the object for Events and ownerReferences."""
         return {
             "apiVersion": res.API_VERSION,
             "kind": res.KIND,
