@@ -267,9 +267,7 @@ class Reconciler:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             message = f"{owner}: spec.{where}: {first['msg']}; fix the spec"
-            return self._static_status(
-                conditions, generation, now, failed=("InvalidSpec", message), status=status
-            )
+            return self._static_status(conditions, generation, now, failed=("InvalidSpec", message))
 
         if spec.suspend:
             await self._release(key, body, status, spec, why="suspended")
@@ -294,15 +292,7 @@ class Reconciler:
             else ("the operator's default API key Secret")
         )
         try:
-            api_key = SecretStr(
-                await self.kube.read_secret_value(
-                    spec.api_key_secret.namespace,
-                    spec.api_key_secret.name,
-                    spec.api_key_secret.key,
-                    field=field_name,
-                    owner=owner,
-                )
-            )
+            api_key = await self._read_api_key(spec.api_key_secret, field=field_name, owner=owner)
             creds = spec.source.credentials_secret_ref
             if creds is not None:
                 await self.kube.check_secret_keys(
@@ -328,7 +318,6 @@ class Reconciler:
                 generation,
                 now,
                 failed=(failed.reason, failed.message),
-                status=status,
             )
         except (ov.OvershootError, KubeError) as err:
             problem = dec.problem_from_error(err, owner=owner, api_key_ref=api_key_ref)
@@ -626,14 +615,8 @@ class Reconciler:
             api_key = tracked.api_key if tracked else None
             if api_key is None:
                 try:
-                    api_key = SecretStr(
-                        await self.kube.read_secret_value(
-                            spec.api_key_secret.namespace,
-                            spec.api_key_secret.name,
-                            spec.api_key_secret.key,
-                            field="spec.apiKeySecretRef",
-                            owner=f"{res.KIND} {namespace}/{name}",
-                        )
+                    api_key = await self._read_api_key(
+                        spec.api_key_secret, owner=f"{res.KIND} {namespace}/{name}"
                     )
                 except KubeError:
                     api_key = None
@@ -689,15 +672,7 @@ class Reconciler:
                     spec = res.effective_spec(
                         res.parse_spec(body.get("spec") or {}), self.defaults, namespace=key[0]
                     )
-                    api_key = SecretStr(
-                        await self.kube.read_secret_value(
-                            spec.api_key_secret.namespace,
-                            spec.api_key_secret.name,
-                            spec.api_key_secret.key,
-                            field="spec.apiKeySecretRef",
-                            owner=owner,
-                        )
-                    )
+                    api_key = await self._read_api_key(spec.api_key_secret, owner=owner)
                 except (ValidationError, KubeError) as err:
                     self._event(
                         "Warning",
@@ -790,17 +765,24 @@ class Reconciler:
         self._schedule_keepalive(tracked, after_success=True)
 
     async def _reread_api_key(self, tracked: Tracked) -> None:
-        sel = tracked.api_key_selector
         with contextlib.suppress(KubeError):
-            tracked.api_key = SecretStr(
-                await self.kube.read_secret_value(
-                    sel.namespace,
-                    sel.name,
-                    sel.key,
-                    field="spec.apiKeySecretRef",
-                    owner=tracked.owner,
-                )
+            tracked.api_key = await self._read_api_key(
+                tracked.api_key_selector, owner=tracked.owner
             )
+
+    async def _read_api_key(
+        self,
+        selector: res.SecretKeySelector,
+        *,
+        owner: str,
+        field: str = "spec.apiKeySecretRef",
+    ) -> SecretStr:
+        """The API key a resource uses; `field` and `owner` shape the error message."""
+        return SecretStr(
+            await self.kube.read_secret_value(
+                selector.namespace, selector.name, selector.key, field=field, owner=owner
+            )
+        )
 
     async def _remote_ended(self, tracked: Tracked) -> None:
         """Invariant 6: a stream that ended on its own is recreated (or Failed)."""
@@ -1000,7 +982,6 @@ class Reconciler:
         now: datetime,
         *,
         failed: tuple[str, str],
-        status: res.OvershootStreamStatus,
     ) -> Outcome:
         phase, conditions = dec.summarize(
             self._facts_none(generation, failed=failed),
