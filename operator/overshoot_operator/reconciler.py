@@ -43,10 +43,12 @@ logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 
-# Set just before POST /streams and removed with the id's record: found set on a resource
-# without a recorded id, it means a create may have leaked (invariant 2's Event).
-CREATING_ANNOTATION = f"{res.GROUP}/creating"
 GAUGE_INTERVAL_SECONDS = 10.0
+# How long a successful API-key read is reused. Hundreds of resources usually share one
+# key Secret, and a burst of creates read it once each (one GET per create); a few
+# seconds is far below every retry delay, so a fixed or rotated key is still seen at the
+# next attempt, and a 401 or a refresh always reads afresh.
+API_KEY_CACHE_SECONDS = 5.0
 Clock = Callable[[], datetime]
 
 
@@ -142,6 +144,7 @@ class Reconciler:
             ),
         )
         self.tracked: dict[Key, Tracked] = {}
+        self._api_keys: dict[tuple[str, str, str], tuple[SecretStr, datetime]] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._gauges: asyncio.Task[None] | None = None
@@ -292,7 +295,9 @@ class Reconciler:
             else ("the operator's default API key Secret")
         )
         try:
-            api_key = await self._read_api_key(spec.api_key_secret, field=field_name, owner=owner)
+            api_key = await self._read_api_key(
+                spec.api_key_secret, field=field_name, owner=owner, fresh=refresh
+            )
             creds = spec.source.credentials_secret_ref
             if creds is not None:
                 await self.kube.check_secret_keys(
@@ -437,7 +442,7 @@ class Reconciler:
                     stream_id = None
 
         if stream_id is None:
-            if annotations.get(CREATING_ANNOTATION) and recorded is None:
+            if annotations.get(res.CREATING_ANNOTATION) and recorded is None:
                 # A create was started and its id never written: the process died in
                 # between. That stream is unknown to us and expires with its lease.
                 self._event(
@@ -450,7 +455,7 @@ class Reconciler:
                 )
             # Marked first, so a crash between create and the record is detectable.
             await self.kube.patch_stream_annotations(
-                namespace, name, {CREATING_ANNOTATION: dec.rfc3339(self.clock()) or "1"}
+                namespace, name, {res.CREATING_ANNOTATION: dec.rfc3339(self.clock()) or "1"}
             )
             created = await self._api(Priority.CREATE, "create", self.client.create_stream(api_key))
             stream_id = created.id
@@ -504,7 +509,7 @@ class Reconciler:
     ) -> None:
         """Invariant 2: write the new id down before anything else can fail."""
         await self.kube.patch_stream_annotations(
-            namespace, name, {res.STREAM_ID_ANNOTATION: stream_id, CREATING_ANNOTATION: None}
+            namespace, name, {res.STREAM_ID_ANNOTATION: stream_id, res.CREATING_ANNOTATION: None}
         )
         await self.kube.patch_stream_status(
             namespace,
@@ -567,23 +572,28 @@ class Reconciler:
         """
         desired = manifests.build_publisher_pod(body, spec, self.settings)
         pod_name = desired["metadata"]["name"]
-        pod = await self.kube.get_pod(tracked.namespace, pod_name)
-        if pod is not None and pod["metadata"].get("deletionTimestamp"):
-            return 2.0
-        if pod is not None and (
-            manifests.pod_needs_replacement(pod, desired) or dec.pod_is_lost(pod, node_exists=None)
-        ):
-            await self.kube.delete_pod(tracked.namespace, pod_name, uid=pod["metadata"]["uid"])
-            logger.info("Deleted Pod %s/%s to replace it", tracked.namespace, pod_name)
-            return 2.0
+        # A resource that never had a Pod tries the create first: one request instead of
+        # a GET that answers 404 and then the create (a burst of new resources is bounded
+        # by the API server). A Pod that exists after all answers 409 and is read.
+        expect_pod = tracked.pod_ready is not None or (body.get("status") or {}).get("publisherPod")
+        pod = await self.kube.get_pod(tracked.namespace, pod_name) if expect_pod else None
         if pod is None:
             try:
                 await self.kube.create_pod(desired)
             except ConflictError:
-                return 2.0
-            logger.info("Created Pod %s/%s", tracked.namespace, pod_name)
-            tracked.pod_ready = False
-            return None
+                pod = await self.kube.get_pod(tracked.namespace, pod_name)
+                if pod is None:
+                    return 2.0  # deleted in between: create on the next pass
+            else:
+                logger.info("Created Pod %s/%s", tracked.namespace, pod_name)
+                tracked.pod_ready = False
+                return None
+        if pod["metadata"].get("deletionTimestamp"):
+            return 2.0
+        if manifests.pod_needs_replacement(pod, desired) or dec.pod_is_lost(pod, node_exists=None):
+            await self.kube.delete_pod(tracked.namespace, pod_name, uid=pod["metadata"]["uid"])
+            logger.info("Deleted Pod %s/%s to replace it", tracked.namespace, pod_name)
+            return 2.0
         tracked.pod_ready = _pod_ready(pod)
         return None
 
@@ -767,7 +777,7 @@ class Reconciler:
     async def _reread_api_key(self, tracked: Tracked) -> None:
         with contextlib.suppress(KubeError):
             tracked.api_key = await self._read_api_key(
-                tracked.api_key_selector, owner=tracked.owner
+                tracked.api_key_selector, owner=tracked.owner, fresh=True
             )
 
     async def _read_api_key(
@@ -776,13 +786,27 @@ class Reconciler:
         *,
         owner: str,
         field: str = "spec.apiKeySecretRef",
+        fresh: bool = False,
     ) -> SecretStr:
-        """The API key a resource uses; `field` and `owner` shape the error message."""
-        return SecretStr(
+        """The API key a resource uses; `field` and `owner` shape the error message.
+
+        A read younger than API_KEY_CACHE_SECONDS is reused unless `fresh`; failures are
+        never cached, so a fixed Secret is seen at the next attempt.
+        """
+        where = (selector.namespace, selector.name, selector.key)
+        now = self.clock()
+        cached = self._api_keys.get(where)
+        if not fresh and cached and (now - cached[1]).total_seconds() < API_KEY_CACHE_SECONDS:
+            return cached[0]
+        key = SecretStr(
             await self.kube.read_secret_value(
                 selector.namespace, selector.name, selector.key, field=field, owner=owner
             )
         )
+        if cached and cached[0].get_secret_value() == key.get_secret_value():
+            key = cached[0]  # one object per distinct key, however many streams use it
+        self._api_keys[where] = (key, now)
+        return key
 
     async def _remote_ended(self, tracked: Tracked) -> None:
         """Invariant 6: a stream that ended on its own is recreated (or Failed)."""
@@ -934,7 +958,9 @@ class Reconciler:
         )
         if tracked.last_keepalive is not None:
             patch["lastKeepaliveTime"] = dec.rfc3339(tracked.last_keepalive)
-        if state is not None:
+        # Nothing to say about media until frames were seen or the stream ended: a block of
+        # nulls would be one more status write per new stream (its first poll) for no news.
+        if state is not None and (state.last_frame_index is not None or state.end_reason):
             patch["stream"] = {
                 "recentFps": state.recent_fps,
                 "lastFrameIndex": state.last_frame_index,
