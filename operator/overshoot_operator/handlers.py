@@ -72,9 +72,14 @@ async def start_operator(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False
     # Our due-queue does the timing; kopf's own retry backoff only paces handler errors.
     settings.execution.max_workers = 8
-    # A lost watch connection must not freeze keepalives of status writes for minutes.
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
+    # kopf LISTs the whole collection every time a watch ends, and feeds every object
+    # through its change detection again: at 10,000 streams that is ~120 MB of parsed JSON
+    # and seconds of CPU. So watches end rarely (the server's 10 min; the client timeout
+    # only catches a silently dead connection, whose cost is spec changes seen up to 10 min
+    # late: keepalives and status never depend on the watch), and lists come in chunks.
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 630
+    settings.watching.chunk_size = 500
     settings.networking.request_timeout = 30
     # No cap on per-object workers (kopf's default): a worker idles after its last event,
     # so a cap of N admits only about N objects per idle period, and a burst of creates

@@ -18,12 +18,19 @@ from enum import IntEnum
 
 
 class Priority(IntEnum):
-    """Lower goes first. Keepalives and deletes protect leases; creates can wait."""
+    """Lower goes first. Keepalives and deletes protect leases; creates can wait, and
+    the periodic status poll waits for everything else.
+
+    The poll is last because it is the one call whose delay nobody loses anything to but
+    freshness: above creates, thousands of polls (one per stream a minute) could take every
+    slot of a saturated limiter, and a new resource would wait for its stream forever.
+    """
 
     KEEPALIVE = 0
     DELETE = 1
-    GET = 2
+    GET = 2  # a one-off read inside a lifecycle step (why did the stream end?)
     CREATE = 3
+    POLL = 4
 
 
 class CallLimiter:

@@ -145,6 +145,7 @@ class Reconciler:
         )
         self.tracked: dict[Key, Tracked] = {}
         self._api_keys: dict[tuple[str, str, str], tuple[SecretStr, datetime]] = {}
+        self._budget_warned = False
         self._locks: dict[Key, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._gauges: asyncio.Task[None] | None = None
@@ -206,16 +207,33 @@ class Reconciler:
     def _refresh_gauges(self) -> None:
         counts: dict[str, int] = dict.fromkeys(res.PHASES, 0)
         soonest: float | None = None
+        keepalives_per_second = 0.0
         now_ms = time.time() * 1000
         for t in self.tracked.values():
             if t.phase:
                 counts[t.phase] += 1
             left = (t.expires_at_ms - now_ms) / 1000
             soonest = left if soonest is None else min(soonest, left)
+            keepalives_per_second += 1.0 / t.interval
         for phase, n in counts.items():
             metrics.STREAMS_BY_PHASE.labels(phase).set(n)
         if soonest is not None:
             metrics.SECONDS_TO_EXPIRY.set(soonest)
+        self._check_budget(keepalives_per_second)
+
+    def _check_budget(self, keepalives_per_second: float) -> None:
+        """Say so, once, when keepalives alone near the per-second call limit: above it,
+        leases are lost however the calls are ordered."""
+        crowded = keepalives_per_second > 0.8 * self.settings.api_max_per_second
+        if crowded and not self._budget_warned:
+            logger.warning(
+                "Keepalives need %.0f calls/s, over 80%% of OVERSHOOT_API_MAX_PER_SECOND "
+                "(%g): creates and status polls will wait and leases are at risk; raise the "
+                "limit or lengthen keepaliveIntervalSeconds",
+                keepalives_per_second,
+                self.settings.api_max_per_second,
+            )
+        self._budget_warned = crowded
 
     # ---- Overshoot calls, through the limiter and the metrics ---------------------------
 
@@ -880,7 +898,7 @@ class Reconciler:
         key = (tracked.namespace, tracked.name)
         try:
             state = await self._api(
-                Priority.GET, "get", self.client.get_stream(tracked.api_key, tracked.stream_id)
+                Priority.POLL, "get", self.client.get_stream(tracked.api_key, tracked.stream_id)
             )
         except ov.NotFound:
             await self._remote_ended(tracked)

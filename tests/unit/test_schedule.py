@@ -114,6 +114,24 @@ async def test_limiter_serves_keepalives_before_creates_and_bounds_rate() -> Non
     assert loop.time() - start >= 0.16
 
 
+async def test_limiter_serves_creates_before_a_backlog_of_status_polls() -> None:
+    limiter = CallLimiter(concurrency=1, per_second=1000)
+    order: list[str] = []
+
+    async def call(name: str, priority: Priority) -> None:
+        async with limiter.slot(priority):
+            order.append(name)
+            await asyncio.sleep(0.001)
+
+    polls = [asyncio.create_task(call(f"poll{i}", Priority.POLL)) for i in range(20)]
+    await asyncio.sleep(0)
+    creates = [asyncio.create_task(call(f"create{i}", Priority.CREATE)) for i in range(3)]
+    await asyncio.gather(*polls, *creates)
+    # One poll already held the only slot; the creates overtook the other nineteen.
+    assert order[1:4] == ["create0", "create1", "create2"]
+    assert len(order) == 23
+
+
 async def test_limiter_rate_limits_short_calls() -> None:
     loop = asyncio.get_running_loop()
     limiter = CallLimiter(concurrency=100, per_second=50)
