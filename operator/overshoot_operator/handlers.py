@@ -143,14 +143,20 @@ async def refresh_stream(body: kopf.Body, patch: kopf.Patch, new: Any, **_: Any)
 
 
 @kopf.on.delete(res.GROUP, res.VERSION, res.PLURAL, id="delete-stream")
-async def delete_stream(body: kopf.Body, **_: Any) -> None:
+async def delete_stream(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     deleted_at = body["metadata"].get("deletionTimestamp")
     started = (
         datetime.fromisoformat(deleted_at.replace("Z", "+00:00"))
         if deleted_at
         else datetime.now(UTC)
     )
-    await _reconciler().finalize(body, started=started)
+    try:
+        await _reconciler().finalize(body, started=started)
+    except kopf.TemporaryError:
+        # Only a deletion that has to wait says so: a status write on an object about to
+        # vanish would be wasted.
+        patch.status["phase"] = "Deleting"
+        raise
 
 
 @kopf.on.event("", "v1", "pods", labels={manifests.STREAM_LABEL: kopf.PRESENT})

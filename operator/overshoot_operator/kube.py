@@ -31,6 +31,9 @@ T = TypeVar("T")
 # min(32, CPUs + 4) threads, 6 on a 2-core node, which capped every Kubernetes call of
 # the process (keepalive Secret and status writes of thousands of streams) at 6 in flight.
 KUBE_THREADS = 32
+# Threads of their own for token rotations: a burst of creates queues hundreds of calls on
+# the pool above, and a publisher that reconnects needs the newest token.
+URGENT_THREADS = 4
 
 
 class KubeError(Exception):
@@ -69,7 +72,7 @@ def load_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClien
             config_file=kubeconfig, client_configuration=configuration
         )
     # One pooled connection per worker thread that carries our calls.
-    configuration.connection_pool_maxsize = KUBE_THREADS
+    configuration.connection_pool_maxsize = KUBE_THREADS + URGENT_THREADS
     return kubernetes.client.ApiClient(configuration)
 
 
@@ -81,19 +84,24 @@ class Kube:
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._threads = ThreadPoolExecutor(KUBE_THREADS, thread_name_prefix="kube")
+        self._urgent = ThreadPoolExecutor(URGENT_THREADS, thread_name_prefix="kube-urgent")
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
+        self._urgent.shutdown(wait=False, cancel_futures=True)
         self._api.close()  # type: ignore[no-untyped-call]
 
-    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    async def _call(
+        self, what: str, fn: Callable[..., Any], *args: Any, urgent: bool = False, **kw: Any
+    ) -> Any:
         def run() -> Any:
             response = fn(*args, _preload_content=False, **kw)
             data = response.data
             return json.loads(data) if data else None
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._threads, run)
+            threads = self._urgent if urgent else self._threads
+            return await asyncio.get_running_loop().run_in_executor(threads, run)
         except ApiException as err:
             message = f"{what} failed: {err.status} {err.reason}"
             message += _status_message(err.body)
@@ -165,11 +173,14 @@ class Kube:
                 continue
         return out
 
-    async def apply_secret(self, manifest: Mapping[str, Any], *, exists: bool = False) -> None:
+    async def apply_secret(
+        self, manifest: Mapping[str, Any], *, exists: bool = False, urgent: bool = False
+    ) -> None:
         """Create the Secret, or replace its data if it exists (we own it).
 
         `exists` says which to try first: a keepalive's token rotation patches a Secret
         that is almost always there, and a refused create is one more write request.
+        `urgent` runs it on the threads reserved for token rotations.
         """
         meta = manifest["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -180,6 +191,7 @@ class Kube:
                 self._core.create_namespaced_secret,
                 namespace,
                 dict(manifest),
+                urgent=urgent,
             )
 
         async def patch() -> None:
@@ -189,6 +201,7 @@ class Kube:
                 name,
                 namespace,
                 dict(manifest),
+                urgent=urgent,
             )
 
         if exists:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -38,12 +39,18 @@ from overshoot_operator import schedule as sch
 from overshoot_operator.kube import ConflictError, Kube, KubeError, SecretProblem
 from overshoot_operator.limiter import CallLimiter, Priority
 from overshoot_operator.settings import OperatorSettings
+from overshoot_operator.writeback import WriteBack
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 
 GAUGE_INTERVAL_SECONDS = 10.0
+# Background writers of tokens and of status; each holds at most one Kubernetes call, so
+# together they never take more than this many of kube.py's threads.
+WRITERS = 8
+# A token write that failed is tried again after this long (or with the next keepalive).
+TOKEN_RETRY_SECONDS = 5.0
 # How long a successful API-key read is reused. Hundreds of resources usually share one
 # key Secret, and a burst of creates read it once each (one GET per create); a few
 # seconds is far below every retry delay, so a fixed or rotated key is still seen at the
@@ -56,7 +63,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass
+@dataclass(slots=True)
 class Tracked:
     """What the process holds for one resource with a live remote stream."""
 
@@ -84,8 +91,11 @@ class Tracked:
     last_keepalive: datetime | None = None
     # Whether the owned Secret holds this stream's id and a token.
     secret_written: bool = True
-    # The status last sent for this resource, to skip identical writes.
-    last_written: dict[str, Any] | None = None
+    # A keepalive's fresh token not yet in the Secret (the token writer's next job).
+    pending_publish: ov.PublishInfo | None = None
+    # A digest of the status last sent for this resource, to skip identical writes (the
+    # digest, not the dict: kept for every stream, the dict was a few KiB each).
+    last_written: int | None = None
 
     @property
     def owner(self) -> str:
@@ -151,12 +161,22 @@ class Reconciler:
         self._gauges: asyncio.Task[None] | None = None
         self.keepalives: sch.DueQueue[Key] = sch.DueQueue(self._keepalive_due, name="keepalive")
         self.polls: sch.DueQueue[Key] = sch.DueQueue(self._poll_due, name="status-poll")
+        # Keepalives and polls never wait for a Kubernetes write: they mark the key and
+        # these write the newest state soon after (coalesced under load).
+        self.token_writes: WriteBack[Key] = WriteBack(
+            self._flush_token, workers=WRITERS, name="token-writes"
+        )
+        self.status_writes: WriteBack[Key] = WriteBack(
+            self._flush_status, workers=WRITERS, name="status-writes"
+        )
 
     # ---- lifecycle of the process ------------------------------------------------------
 
     def start(self) -> None:
         self.keepalives.start()
         self.polls.start()
+        self.token_writes.start()
+        self.status_writes.start()
         self._gauges = asyncio.create_task(self._gauge_loop(), name="gauges")
 
     async def stop(self) -> None:
@@ -166,6 +186,8 @@ class Reconciler:
                 await self._gauges
         await self.keepalives.stop()
         await self.polls.stop()
+        await self.token_writes.stop()
+        await self.status_writes.stop()
 
     async def _gauge_loop(self) -> None:
         # The gauges walk every tracked stream: on a timer, not per keepalive, which made
@@ -202,6 +224,8 @@ class Reconciler:
     def _untrack(self, key: Key) -> Tracked | None:
         self.keepalives.cancel(key)
         self.polls.cancel(key)
+        self.token_writes.discard(key)
+        self.status_writes.discard(key)
         return self.tracked.pop(key, None)
 
     def _refresh_gauges(self) -> None:
@@ -362,7 +386,7 @@ class Reconciler:
         if refresh:
             await self._poll_now(tracked)
         patch = self._tracked_status(tracked)
-        tracked.last_written = patch
+        tracked.last_written = _digest(patch)
         return Outcome(patch, retry_in)
 
     # ---- the remote stream ---------------------------------------------------------------
@@ -548,7 +572,12 @@ class Reconciler:
         return state.end_reason or ("unknown" if state.ended else "active")
 
     async def _write_publish_secret(
-        self, tracked: Tracked, publish: ov.PublishInfo, *, exists: bool = False
+        self,
+        tracked: Tracked,
+        publish: ov.PublishInfo,
+        *,
+        exists: bool = False,
+        urgent: bool = False,
     ) -> None:
         manifest = manifests.build_publish_secret(
             tracked.ref(),
@@ -556,7 +585,7 @@ class Reconciler:
             token=publish.token.get_secret_value(),
             stream_id=tracked.stream_id,
         )
-        await self.kube.apply_secret(manifest, exists=exists)
+        await self.kube.apply_secret(manifest, exists=exists, urgent=urgent)
 
     def _schedule_keepalive(self, tracked: Tracked, *, after_success: bool) -> None:
         left = tracked.expires_at_ms / 1000.0 - time.time()
@@ -744,11 +773,18 @@ class Reconciler:
             tracked = self.tracked.get(key)
             if tracked is None:
                 return
-            await self._keepalive_locked(tracked, due_wall=tracked.keepalive_due_wall)
-            if key in self.tracked:
-                await self._write_status(self.tracked[key])
+            await self._keepalive_locked(
+                tracked, due_wall=tracked.keepalive_due_wall, write_now=False
+            )
+        if key in self.tracked:
+            self.status_writes.mark(key)
 
-    async def _keepalive_locked(self, tracked: Tracked, *, due_wall: float | None = None) -> None:
+    async def _keepalive_locked(
+        self, tracked: Tracked, *, due_wall: float | None = None, write_now: bool = True
+    ) -> None:
+        """Renew the lease; the fresh token goes into the Secret now (`write_now`, inside a
+        reconcile that reports the result) or through the token writer (timer keepalives,
+        which must not wait for Kubernetes)."""
 
         def started() -> None:
             # Lateness counts until the call starts, so the wait for a limiter slot is in
@@ -781,16 +817,52 @@ class Reconciler:
         tracked.last_keepalive = self.clock()
         tracked.expires_at_ms = result.expires_at_ms
         if result.publish is not None:
-            try:
-                await self._write_publish_secret(
-                    tracked, result.publish, exists=tracked.secret_written
-                )
-                tracked.secret_written = True
-            except KubeError as err:
-                tracked.problem = dec.problem_from_error(
-                    err, owner=tracked.owner, api_key_ref=tracked.api_key_ref
-                )
+            tracked.pending_publish = result.publish
+            if write_now:
+                await self._write_pending_token(tracked)
+            else:
+                self.token_writes.mark((tracked.namespace, tracked.name))
         self._schedule_keepalive(tracked, after_success=True)
+
+    async def _flush_token(self, key: Key) -> None:
+        async with self._lock(key):
+            tracked = self.tracked.get(key)
+            if tracked is None or tracked.pending_publish is None:
+                return
+            ok = await self._write_pending_token(tracked)
+        if not ok:
+            asyncio.get_running_loop().call_later(TOKEN_RETRY_SECONDS, self.token_writes.mark, key)
+        self.status_writes.mark(key)  # the problem appeared or cleared
+
+    async def _write_pending_token(self, tracked: Tracked) -> bool:
+        """Write the newest token into the Secret (under the resource's lock, so a
+        recreation's Secret can never be overwritten by an older stream's token)."""
+        publish = tracked.pending_publish
+        if publish is None:
+            return True
+        try:
+            await self._write_publish_secret(
+                tracked, publish, exists=tracked.secret_written, urgent=True
+            )
+        except KubeError as err:
+            tracked.problem = dec.problem_from_error(
+                err, owner=tracked.owner, api_key_ref=tracked.api_key_ref
+            )
+            return False
+        tracked.secret_written = True
+        if tracked.problem is not None and tracked.problem.reason == "KubernetesError":
+            tracked.problem = None
+        if tracked.pending_publish is publish:
+            tracked.pending_publish = None
+        return True
+
+    async def _flush_status(self, key: Key) -> None:
+        # Under the lock: a suspend or delete that untracks the resource must not be
+        # followed by this stream's stale status.
+        async with self._lock(key):
+            tracked = self.tracked.get(key)
+            if tracked is not None:
+                await self._write_status(tracked)
 
     async def _reread_api_key(self, tracked: Tracked) -> None:
         with contextlib.suppress(KubeError):
@@ -872,6 +944,7 @@ class Reconciler:
         )
         metrics.RECREATIONS.labels(end_reason).inc()
         await self._write_publish_secret(tracked, created.publish, exists=True)
+        tracked.pending_publish = None  # the old stream's token must never follow
         self._event(
             "Normal",
             tracked.ref(),
@@ -891,8 +964,8 @@ class Reconciler:
             if tracked is None:
                 return
             await self._poll_now(tracked)
-            if key in self.tracked:
-                await self._write_status(tracked)
+        if key in self.tracked:
+            self.status_writes.mark(key)
 
     async def _poll_now(self, tracked: Tracked) -> None:
         key = (tracked.namespace, tracked.name)
@@ -937,11 +1010,12 @@ class Reconciler:
         patch = self._tracked_status(tracked)
         # A poll that learned nothing new writes nothing: at thousands of streams, identical
         # status patches were most of the operator's Kubernetes writes (bench/operator_scale).
-        if patch == tracked.last_written:
+        digest = _digest(patch)
+        if digest == tracked.last_written:
             return
         try:
             await self.kube.patch_stream_status(tracked.namespace, tracked.name, patch)
-            tracked.last_written = patch
+            tracked.last_written = digest
         except KubeError as err:
             logger.warning("Status write for %s failed: %s", tracked.owner, err)
 
@@ -1060,6 +1134,12 @@ class _RemoteFailed(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+def _digest(patch: Mapping[str, Any]) -> int:
+    """Equal for equal status patches (a 64-bit hash: a collision skips one write, and
+    the next change writes again)."""
+    return hash(json.dumps(patch, sort_keys=True, separators=(",", ":")))
 
 
 def _pod_ready(pod: Mapping[str, Any]) -> bool:

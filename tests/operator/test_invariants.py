@@ -105,6 +105,12 @@ def test_delete_with_api_down_releases_finalizer(kube_api, namespace, emulator_r
     stream_id = _provisioned(kube_api, namespace, "door")
     emulator.admin.fault(status=503, count=1000, endpoints=["delete"])
     delete_stream(kube_api, namespace, "door")
+    # While DELETE keeps failing, `kubectl get ovs` says why the resource is still there.
+    wait_for(
+        lambda: status(kube_api, namespace, "door").get("phase") == "Deleting",
+        timeout=10,
+        what="phase Deleting while DELETE is retried",
+    )
     wait_for(
         lambda: stream_gone(kube_api, namespace, "door"),
         timeout=45,
