@@ -220,6 +220,8 @@ class Admin:
             resource = labels.get("resource", "")
             if labels.get("subresource"):
                 resource += "/" + labels["subresource"]
+            if resource == "events" and labels.get("group"):
+                continue  # events.k8s.io: the scheduler's "Scheduled"; ours are core/v1
             if resource in OPERATOR_RESOURCES:
                 key = f"{verb} {resource}"
                 out[key] = out.get(key, 0.0) + value
