@@ -249,6 +249,41 @@ def test_killed_between_create_and_record_leaks_at_most_one_lease(
     )
 
 
+def test_killed_mid_keepalive_resumes_the_same_stream_and_pod(
+    kube_api, namespace, fresh_emulator, run_operator
+):
+    """Invariant 3: a SIGKILL while a keepalive is in flight loses nothing on restart."""
+    # A 70 s lease: keepalives every ~10 s, so one is soon in flight.
+    emulator = fresh_emulator(ttl_seconds=70)
+    put_api_key(kube_api, namespace)
+    operator = run_operator(emulator)
+    create_stream(kube_api, namespace, stream_manifest("tock"))
+    stream_id = _provisioned(kube_api, namespace, "tock")
+    pod_uid = publisher_pod(kube_api, namespace, "tock").metadata.uid
+    token = publish_secret(kube_api, namespace, "tock")["token"]
+    keepalives = emulator.admin.calls(API_KEY)["keepalive"]
+    emulator.admin.fault(latency_ms=4000, count=1, endpoints=["keepalive"])
+    wait_for(
+        lambda: emulator.admin.calls(API_KEY)["keepalive"] > keepalives,
+        timeout=30,
+        what="a timer keepalive in flight",
+    )
+    time.sleep(1)
+    operator.kill()
+    creates = emulator.admin.calls(API_KEY)["create"]
+    run_operator(emulator)
+    # The restarted operator renews the same lease and rotates the token again.
+    wait_for(
+        lambda: publish_secret(kube_api, namespace, "tock")["token"] != token,
+        timeout=40,
+        what="a fresh token after the restart",
+    )
+    assert emulator.admin.calls(API_KEY)["create"] == creates
+    assert status(kube_api, namespace, "tock")["streamId"] == stream_id
+    assert publisher_pod(kube_api, namespace, "tock").metadata.uid == pod_uid
+    assert [s["id"] for s in emulator.admin.streams(state="active")] == [stream_id]
+
+
 def test_deleted_pod_is_recreated(kube_api, namespace, emulator_reset, run_operator):
     emulator = emulator_reset
     put_api_key(kube_api, namespace)
