@@ -34,6 +34,10 @@ USER_FIX_RETRY_SECONDS = 15.0
 TRANSIENT_RETRY_SECONDS = 5.0
 
 
+# The reason of a failed Kubernetes call (transient; a later success clears it).
+KUBERNETES_ERROR = "KubernetesError"
+
+
 def problem_from_error(err: Exception, *, owner: str, api_key_ref: str) -> Problem:
     """The one mapping of boundary errors to condition reasons (invariant 8)."""
     if isinstance(err, SecretProblem):
@@ -77,7 +81,7 @@ def problem_from_error(err: Exception, *, owner: str, api_key_ref: str) -> Probl
             USER_FIX_RETRY_SECONDS * 4,
         )
     if isinstance(err, KubeError):
-        return Problem("KubernetesError", f"{owner}: {err}", False, TRANSIENT_RETRY_SECONDS)
+        return Problem(KUBERNETES_ERROR, f"{owner}: {err}", False, TRANSIENT_RETRY_SECONDS)
     return Problem("InternalError", f"{owner}: {type(err).__name__}", False, 30.0)
 
 

@@ -154,9 +154,9 @@ class Reconciler:
             ),
         )
         self.tracked: dict[Key, Tracked] = {}
-        self._api_keys: dict[tuple[str, str, str], tuple[SecretStr, datetime]] = {}
+        # API-key reads by Secret and key, in flight or done, with when each started.
+        self._api_keys: dict[tuple[str, str, str], tuple[asyncio.Future[str], datetime]] = {}
         self._budget_warned = False
-        self._api_key_reads: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._gauges: asyncio.Task[None] | None = None
@@ -851,7 +851,7 @@ class Reconciler:
             )
             return False
         tracked.secret_written = True
-        if tracked.problem is not None and tracked.problem.reason == "KubernetesError":
+        if tracked.problem is not None and tracked.problem.reason == dec.KUBERNETES_ERROR:
             tracked.problem = None
         if tracked.pending_publish is publish:
             tracked.pending_publish = None
@@ -886,15 +886,14 @@ class Reconciler:
         """
         where = (selector.namespace, selector.name, selector.key)
         now = self.clock()
-        cached = self._api_keys.get(where)
-        if not fresh and cached and (now - cached[1]).total_seconds() < API_KEY_CACHE_SECONDS:
-            return cached[0]
-        inflight = self._api_key_reads.get(where)
-        if inflight is not None and not fresh:
-            # A burst of new resources all miss the cache at once: share the read in
-            # flight. If it fails, read again, so the error names this resource.
-            with contextlib.suppress(KubeError):
-                return SecretStr(await asyncio.shield(inflight))
+        entry = self._api_keys.get(where)
+        if entry is not None and not fresh:
+            shared, started = entry
+            if not shared.done() or (now - started).total_seconds() < API_KEY_CACHE_SECONDS:
+                # A burst of new resources shares one read. If it failed, read again, so
+                # the error names this resource.
+                with contextlib.suppress(KubeError):
+                    return SecretStr(await asyncio.shield(shared))
         read = asyncio.ensure_future(
             self.kube.read_secret_value(
                 selector.namespace, selector.name, selector.key, field=field, owner=owner
@@ -902,16 +901,13 @@ class Reconciler:
         )
         # Retrieved even if this caller is cancelled and nobody else joined.
         read.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._api_key_reads[where] = read
+        self._api_keys[where] = (read, now)
         try:
-            key = SecretStr(await asyncio.shield(read))
-        finally:
-            if self._api_key_reads.get(where) is read:
-                del self._api_key_reads[where]
-        if cached and cached[0].get_secret_value() == key.get_secret_value():
-            key = cached[0]  # one object per distinct key, however many streams use it
-        self._api_keys[where] = (key, now)
-        return key
+            return SecretStr(await asyncio.shield(read))
+        except KubeError:
+            if self._api_keys.get(where, (None, now))[0] is read:
+                del self._api_keys[where]  # failures are never reused
+            raise
 
     async def _remote_ended(self, tracked: Tracked) -> None:
         """Invariant 6: a stream that ended on its own is recreated (or Failed)."""

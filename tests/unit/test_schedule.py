@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -91,17 +92,24 @@ async def test_due_queue_fires_in_order_and_reschedule_replaces() -> None:
     ] * 3
 
 
+def recording_calls(
+    limiter: CallLimiter, order: list[str], *, hold: float
+) -> Callable[[str, Priority], Awaitable[None]]:
+    """A call through `limiter` that records its name in `order` when it gets its slot."""
+
+    async def call(name: str, priority: Priority) -> None:
+        async with limiter.slot(priority):
+            order.append(name)
+            await asyncio.sleep(hold)
+
+    return call
+
+
 async def test_limiter_serves_keepalives_before_creates_and_bounds_rate() -> None:
     loop = asyncio.get_running_loop()
     limiter = CallLimiter(concurrency=2, per_second=1000)
     order: list[str] = []
-
-    async def call(name: str, priority: Priority) -> float:
-        async with limiter.slot(priority):
-            order.append(name)
-            await asyncio.sleep(0.01)
-        return loop.time()
-
+    call = recording_calls(limiter, order, hold=0.01)
     start = loop.time()
     creates = [asyncio.create_task(call(f"create{i}", Priority.CREATE)) for i in range(30)]
     await asyncio.sleep(0)
@@ -117,12 +125,7 @@ async def test_limiter_serves_keepalives_before_creates_and_bounds_rate() -> Non
 async def test_limiter_serves_creates_before_a_backlog_of_status_polls() -> None:
     limiter = CallLimiter(concurrency=1, per_second=1000)
     order: list[str] = []
-
-    async def call(name: str, priority: Priority) -> None:
-        async with limiter.slot(priority):
-            order.append(name)
-            await asyncio.sleep(0.001)
-
+    call = recording_calls(limiter, order, hold=0.001)
     polls = [asyncio.create_task(call(f"poll{i}", Priority.POLL)) for i in range(20)]
     await asyncio.sleep(0)
     creates = [asyncio.create_task(call(f"create{i}", Priority.CREATE)) for i in range(3)]
