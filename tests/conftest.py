@@ -5,4 +5,5 @@ pytest_plugins = [
     "fixtures.cluster",
     "fixtures.operator",
     "fixtures.media",
+    "fixtures.faults",
 ]

@@ -17,6 +17,7 @@ local userFixable = {
   ApiKeyRejected = true,
   InsufficientCredits = true,
   InvalidSpec = true,
+  PublisherRejected = true,
   RemoteStreamEnded = true,
 }
 

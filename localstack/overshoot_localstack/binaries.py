@@ -1,8 +1,9 @@
 """Builds and caches the real binaries the local stack runs: the Kubernetes control plane,
-etcd, kwok, helm and the LiveKit server.
+etcd, kwok, helm, the LiveKit server and toxiproxy (the TCP fault proxy of `faultproxy.py`).
 
 Boundary: the Go toolchain and the cache directory. Nothing here starts a process other
-than `go`; the harnesses in `cluster.py` and `livekit.py` only ask `ensure()` for paths.
+than `go`; the harnesses in `cluster.py`, `livekit.py` and `faultproxy.py` only ask
+`ensure()` for paths.
 
 Every binary comes from the Go module proxy and is built in a wrapper module of its own,
 because several of these modules carry `replace` directives to local paths (Kubernetes'
@@ -37,6 +38,9 @@ ETCD_VERSION = "v3.6.14"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.19.5"
 LIVEKIT_VERSION = "v1.13.5"
+# The newest release the Go module proxy serves. Its version list stops at v2.5.0, but later
+# tags are served when asked for by name; v2.12.1 and v2.13.0 are refused.
+TOXIPROXY_VERSION = "v2.12.0"
 
 
 class BuildError(RuntimeError):
@@ -116,6 +120,14 @@ COMPONENTS: dict[str, Component] = {
             LIVEKIT_VERSION,
             {"livekit-server": "github.com/livekit/livekit-server/cmd/server"},
             "-s -w",
+        ),
+        Component(
+            "toxiproxy",
+            "github.com/Shopify/toxiproxy/v2",
+            TOXIPROXY_VERSION,
+            {"toxiproxy-server": "github.com/Shopify/toxiproxy/v2/cmd/server"},
+            # Without it, `toxiproxy-server -version` and GET /version say "git".
+            f"-s -w -X github.com/Shopify/toxiproxy/v2.Version={TOXIPROXY_VERSION}",
         ),
     ]
 }

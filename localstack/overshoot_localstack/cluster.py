@@ -588,12 +588,21 @@ class ControlPlane:
 
     def restart_apiserver(self) -> None:
         """Stop kube-apiserver and start it again on the same port with the same flags."""
-        component = self.components["kube-apiserver"]
-        component.stop()
+        self.stop_apiserver()
+        self.start_apiserver()
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver (an outage: clients get connection refused) until
+        `start_apiserver()`; etcd and the other components keep running."""
+        self.components["kube-apiserver"].stop()
         assert self.ports is not None
         deadline = time.monotonic() + STOP_TIMEOUT
         while not port_is_free(self.ports.apiserver) and time.monotonic() < deadline:
             time.sleep(0.1)
+
+    def start_apiserver(self) -> None:
+        """Start a stopped kube-apiserver again, on the same port with the same flags."""
+        component = self.components["kube-apiserver"]
         component.start(die_with_parent=self._die_with_parent)
         with self._client() as client:
             self._wait_http(component, client, f"{self.server}/readyz")

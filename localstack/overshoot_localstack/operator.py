@@ -45,6 +45,8 @@ class OperatorProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> Self:
+        """Start the process and wait until it answers /healthz (a standby answers too:
+        it need not hold the leader Lease)."""
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "overshoot_operator", "--kubeconfig", str(self.kubeconfig)],
@@ -82,6 +84,23 @@ class OperatorProcess:
     def metrics(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit code once the process ended by itself (within `timeout` seconds)."""
+        if self._process is None:
+            raise RuntimeError("overshoot-operator not started")
+        return self._process.wait(timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen (a stalled node, a long GC pause) until resume()."""
+        os.killpg(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: a crash, with no cleanup of any kind."""
         if self._process is not None and self._process.poll() is None:
@@ -93,6 +112,7 @@ class OperatorProcess:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
+        os.killpg(process.pid, signal.SIGCONT)  # a paused process cannot handle SIGTERM
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout)

@@ -37,6 +37,30 @@ TRANSIENT_RETRY_SECONDS = 5.0
 # The reason of a failed Kubernetes call (transient; a later success clears it).
 KUBERNETES_ERROR = "KubernetesError"
 
+# Where a problem comes from, most fundamental first: status shows the first problem a
+# user must fix, else the first one (a missing Secret explains a failed create, not the
+# other way round).
+PROBLEM_SOURCES = ("spec", "secret", "create", "lease", "publisher", "kube")
+
+
+def top_problem(problems: dict[str, Problem]) -> Problem | None:
+    """The problem status reports among those of each source."""
+    ordered = [problems[s] for s in PROBLEM_SOURCES if s in problems]
+    ordered += [p for s, p in problems.items() if s not in PROBLEM_SOURCES]
+    return next((p for p in ordered if p.user_fixable), ordered[0] if ordered else None)
+
+
+def publisher_rejected(err: KubeError, *, owner: str, pod: str) -> Problem:
+    """The API server or an admission plugin refused the publisher Pod (Pod Security, a
+    ResourceQuota, a LimitRange, a webhook): only a change of spec or namespace helps."""
+    return Problem(
+        "PublisherRejected",
+        f"{owner}: the cluster refused publisher Pod {pod}: {err}; change spec.publisher or "
+        "spec.source, or the namespace's policy",
+        True,
+        USER_FIX_RETRY_SECONDS * 4,
+    )
+
 
 def problem_from_error(err: Exception, *, owner: str, api_key_ref: str) -> Problem:
     """The one mapping of boundary errors to condition reasons (invariant 8)."""

@@ -1,36 +1,71 @@
-"""kopf handlers: thin adapters from kopf's kwargs to the reconciler.
+"""kopf handlers: the watches, feeding the controller.
 
-Each handler turns kwargs into a call on the one `Reconciler` built at startup, writes the
-returned status into `patch.status`, and maps "run again in N seconds" to
-`kopf.TemporaryError`. Logic lives in reconciler.py and decisions.py.
+kopf is the operator's informer here: it lists and watches OvershootStreams and publisher
+Pods, and each event goes to the controller, which records what it says and queues the key
+(reconciler.py decides what to do from a fresh read, level-triggered). There are no kopf
+change handlers: those would be a second writer of status and of the finalizer, run on
+kopf's own schedule and retry policy, and store kopf's progress on the resource. The
+operator's Events, status and finalizer are all the controller's.
+
+`kopf_settings()` tunes kopf, each setting with its reason.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from overshoot_operator import manifests
-from overshoot_operator import overshoot as ov
 from overshoot_operator import resource as res
-from overshoot_operator.kube import Kube, load_api_client
-from overshoot_operator.reconciler import Outcome, Reconciler
+from overshoot_operator.reconciler import Controller
 from overshoot_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
 
-# Built by `configure()` (from __main__ or a test) before kopf starts.
+# Set by `install()` (main, or a test) before kopf starts.
 _state: dict[str, Any] = {}
 
 
-def configure(settings: OperatorSettings, *, kubeconfig: str | None = None) -> None:
-    """Install the settings the handlers use; called once before kopf runs."""
-    _state["settings"] = settings
+def install(controller: Controller, *, kubeconfig: str | None = None) -> None:
+    _state["controller"] = controller
     _state["kubeconfig"] = kubeconfig
+
+
+def _controller() -> Controller:
+    controller: Controller = _state["controller"]
+    return controller
+
+
+def kopf_settings(ours: OperatorSettings) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # kopf posts no Events of its own: the controller posts those users act on.
+    settings.posting.enabled = False
+    # No namespace or CRD observation. With a list of namespaces, kopf stops watching a
+    # namespace the moment it is marked for deletion, so the finalizers of the streams in
+    # it would never run and the namespace would never go away. The names are watched as
+    # given (main waits for the CRD before kopf starts).
+    settings.scanning.disabled = True
+    # kopf LISTs the whole collection every time a watch ends, and feeds every object
+    # through its processing again: at 10,000 streams that is ~120 MB of parsed JSON
+    # and seconds of CPU. So watches end rarely (the server's 10 min; the client timeout
+    # only catches a silently dead connection), and lists come in chunks.
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 630
+    settings.watching.connect_timeout = 10
+    settings.watching.chunk_size = 500
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    # No cap on per-object workers: an event handler here only records and queues.
+    settings.queueing.worker_limit = None
+    settings.queueing.idle_timeout = 1.0
+    # kopf's bookkeeping, should anything of kopf's ever write it, under our prefix.
+    prefix = f"kopf.{ours.annotation_prefix}"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix)
+    return settings
 
 
 @kopf.on.login()
@@ -38,142 +73,20 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's watches authenticate as the same identity as our own client.
 
     kopf's default login goes through the kubernetes library, which fixes its kubeconfig
-    path at import time; `--kubeconfig` (exported as KUBECONFIG by __main__) must win.
+    path at import time; `--kubeconfig` (exported as KUBECONFIG by main) must win.
     """
     if _state.get("kubeconfig") is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         return kopf.login_with_service_account(**kwargs)
     return kopf.login_with_kubeconfig(**kwargs)
 
 
-def _reconciler() -> Reconciler:
-    reconciler: Reconciler = _state["reconciler"]
-    return reconciler
-
-
-@kopf.on.startup()
-async def start_operator(settings: kopf.OperatorSettings, **_: Any) -> None:
-    ours: OperatorSettings = _state.setdefault("settings", OperatorSettings())
-    # kopf's bookkeeping in annotations under a prefix of the project's own, never in
-    # status or spec (so `kubectl get -o yaml` and GitOps diffs stay clean).
-    prefix = f"kopf.{ours.annotation_prefix}"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=prefix,
-        key="last-handled-configuration",
-        # The annotations the operator writes itself are not user intent: left in the
-        # essence, each of them made kopf see an "update" and write its diff-base once
-        # more (two extra writes per created stream; bench/operator_scale.py).
-        ignored_fields=[("metadata", "annotations", a) for a in res.OPERATOR_ANNOTATIONS],
-    )
-    settings.persistence.finalizer = res.FINALIZER
-    # The reconciler posts the Events users act on (created, ended, recreated, failed).
-    # kopf's own would add two per create ("Handler succeeded", "Creation is processed")
-    # and one per scheduled retry ("failed temporarily: Retrying"), none of them news.
-    settings.posting.enabled = False
-    # Our due-queue does the timing; kopf's own retry backoff only paces handler errors.
-    settings.execution.max_workers = 8
-    # kopf LISTs the whole collection every time a watch ends, and feeds every object
-    # through its change detection again: at 10,000 streams that is ~120 MB of parsed JSON
-    # and seconds of CPU. So watches end rarely (the server's 10 min; the client timeout
-    # only catches a silently dead connection, whose cost is spec changes seen up to 10 min
-    # late: keepalives and status never depend on the watch), and lists come in chunks.
-    settings.watching.server_timeout = 600
-    settings.watching.client_timeout = 630
-    settings.watching.chunk_size = 500
-    settings.networking.request_timeout = 30
-    # No cap on per-object workers (kopf's default): a worker idles after its last event,
-    # so a cap of N admits only about N objects per idle period, and a burst of creates
-    # queued behind the status events of running streams (bench/operator_scale.py: 1,000
-    # creates took 11 minutes with a cap of 64). Idle workers go after 1 s, not 5 s: at
-    # thousands of streams our own status writes wake one every few milliseconds.
-    settings.queueing.worker_limit = None
-    settings.queueing.idle_timeout = 1.0
-
-    api_client = load_api_client(_state.get("kubeconfig"))
-    kube = Kube(api_client)
-    client = ov.OvershootClient(ours.api_url, max_connections=ours.api_max_concurrency)
-    reconciler = Reconciler(ours, client, kube)
-    reconciler.start()
-    _state.update(reconciler=reconciler, kube=kube, client=client)
-    logger.info("Started overshoot-operator against %s", ours.api_url)
-
-
-@kopf.on.cleanup()
-async def stop_operator(**_: Any) -> None:
-    reconciler: Reconciler | None = _state.pop("reconciler", None)
-    if reconciler is not None:
-        await reconciler.stop()
-        await reconciler.client.aclose()
-        reconciler.kube.close()
-
-
-def _apply(outcome: Outcome, patch: kopf.Patch) -> None:
-    for key, value in outcome.status.items():
-        patch.status[key] = value
-    if outcome.retry_in is not None:
-        raise kopf.TemporaryError("Retrying", delay=outcome.retry_in)
-
-
-@kopf.on.resume(res.GROUP, res.VERSION, res.PLURAL, id="resume-stream")
-async def resume_stream(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    _apply(await _reconciler().reconcile(body, resumed=True), patch)
-
-
-@kopf.on.create(res.GROUP, res.VERSION, res.PLURAL, id="create-stream")
-async def create_stream(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    _apply(await _reconciler().reconcile(body), patch)
-
-
-@kopf.on.update(res.GROUP, res.VERSION, res.PLURAL, field="spec", id="update-stream")
-async def update_stream(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    _apply(await _reconciler().reconcile(body), patch)
-
-
-@kopf.on.field(
-    res.GROUP,
-    res.VERSION,
-    res.PLURAL,
-    field=["metadata", "annotations", res.REFRESH_ANNOTATION],
-    id="refresh-stream",
-)
-async def refresh_stream(body: kopf.Body, patch: kopf.Patch, new: Any, **_: Any) -> None:
-    if new is None:
-        return
-    _apply(await _reconciler().reconcile(body, refresh=True), patch)
-
-
-@kopf.on.delete(res.GROUP, res.VERSION, res.PLURAL, id="delete-stream")
-async def delete_stream(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    deleted_at = body["metadata"].get("deletionTimestamp")
-    started = (
-        datetime.fromisoformat(deleted_at.replace("Z", "+00:00"))
-        if deleted_at
-        else datetime.now(UTC)
-    )
-    try:
-        await _reconciler().finalize(body, started=started)
-    except kopf.TemporaryError:
-        # Only a deletion that has to wait says so: a status write on an object about to
-        # vanish would be wasted.
-        patch.status["phase"] = "Deleting"
-        raise
+# Async, though they never await: kopf runs sync handlers in a thread pool, and the
+# controller's state belongs to the event loop.
+@kopf.on.event(res.GROUP, res.VERSION, res.PLURAL)
+async def stream_changed(event: kopf.RawEvent, **_: Any) -> None:
+    _controller().on_stream_event(event)
 
 
 @kopf.on.event("", "v1", "pods", labels={manifests.STREAM_LABEL: kopf.PRESENT})
-async def publisher_pod_changed(
-    event: kopf.RawEvent, namespace: str | None, labels: kopf.Labels, **_: Any
-) -> None:
-    """Bring back a publisher Pod that was deleted (evicted, node gone) or failed."""
-    obj = event.get("object") or {}
-    phase = (obj.get("status") or {}).get("phase")
-    if event.get("type") != "DELETED" and phase not in ("Failed", "Succeeded"):
-        return
-    owner = labels.get(manifests.STREAM_LABEL)
-    if namespace and owner:
-        await _reconciler().on_pod_change(namespace, owner)
-
-
-@kopf.on.probe(id="streams")
-def streams_probe(**_: Any) -> int:
-    reconciler: Reconciler | None = _state.get("reconciler")
-    return len(reconciler.tracked) if reconciler else 0
+async def publisher_pod_changed(event: kopf.RawEvent, **_: Any) -> None:
+    _controller().on_pod_event(event)

@@ -1,12 +1,19 @@
 """Kubernetes I/O for the operator: the only module that imports the `kubernetes` client.
 
-Boundary: the Kubernetes API (Secrets, Pods, OvershootStream metadata and status). The
-client is synchronous, so every call runs in one of this module's worker threads and
-nothing blocks the event loop. Results are plain dicts (`_preload_content=False` skips the
-generated models, which cost more CPU than the calls themselves).
+Boundary: the Kubernetes API (Secrets, Pods, Events, Leases, OvershootStream metadata and
+status). The client is synchronous, so every call runs in one of this module's worker
+threads and nothing blocks the event loop. Results are plain dicts (`_preload_content=False`
+skips the generated models, which cost more CPU than the calls themselves).
 
-Errors are translated once into `KubeError` and its subclasses; messages never include a
-Secret's data.
+Every call has a timeout (connect and read), and every way a call can fail, an HTTP error
+or a connection reset, refused or timed out in urllib3, becomes a `KubeError` (translated
+here, once). Messages never include a Secret's data.
+
+Writes that act on the resource or its children pass `write_gate` first: a replica that no
+longer holds the leader Lease raises there instead of writing (leader.py).
+
+Writes to the resource carry its uid, so a write meant for one incarnation of a name never
+lands on a successor created under the same name.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from overshoot_operator import resource as res
@@ -34,6 +42,12 @@ KUBE_THREADS = 32
 # Threads of their own for token rotations: a burst of creates queues hundreds of calls on
 # the pool above, and a publisher that reconnects needs the newest token.
 URGENT_THREADS = 4
+# The leader Lease is renewed on a thread nobody else uses: a renewal stuck behind a
+# thousand status writes would cost the leadership (and stop every keepalive).
+LEADER_THREADS = 1
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+WriteGate = Callable[[], None]
 
 
 class KubeError(Exception):
@@ -43,13 +57,23 @@ class KubeError(Exception):
         super().__init__(message)
         self.status = status
 
+    @property
+    def refused(self) -> bool:
+        """The API server (or an admission plugin) refused the object: 403 or 422. Trying
+        the same request again will not help until someone changes something."""
+        return self.status in (403, 422)
+
+
+class KubeUnavailable(KubeError):
+    """No answer: connection refused or reset, a timeout, a 5xx, or a 429."""
+
 
 class NotFoundError(KubeError):
     pass
 
 
 class ConflictError(KubeError):
-    pass
+    """409: the object changed since it was read (resourceVersion) or already exists."""
 
 
 class SecretProblem(KubeError):
@@ -72,101 +96,100 @@ def load_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClien
             config_file=kubeconfig, client_configuration=configuration
         )
     # One pooled connection per worker thread that carries our calls.
-    configuration.connection_pool_maxsize = KUBE_THREADS + URGENT_THREADS
+    configuration.connection_pool_maxsize = KUBE_THREADS + URGENT_THREADS + LEADER_THREADS
+    # No hidden retries inside urllib3: each one would multiply a call's timeout, and the
+    # callers retry on their own schedule (with backoff, knowing what the call was).
+    configuration.retries = False
     return kubernetes.client.ApiClient(configuration)
 
 
 class Kube:
     """Typed async operations on the objects the operator reads and owns."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        *,
+        request_timeout: float = 10.0,
+        write_gate: WriteGate | None = None,
+    ) -> None:
         self._api = api_client
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
+        self._coordination = kubernetes.client.CoordinationV1Api(api_client)
+        self._timeout = (CONNECT_TIMEOUT_SECONDS, request_timeout)
+        self._write_gate = write_gate
         self._threads = ThreadPoolExecutor(KUBE_THREADS, thread_name_prefix="kube")
         self._urgent = ThreadPoolExecutor(URGENT_THREADS, thread_name_prefix="kube-urgent")
+        self._leader = ThreadPoolExecutor(LEADER_THREADS, thread_name_prefix="kube-leader")
+
+    def set_write_gate(self, gate: WriteGate | None) -> None:
+        self._write_gate = gate
 
     def close(self) -> None:
-        self._threads.shutdown(wait=False, cancel_futures=True)
-        self._urgent.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._threads, self._urgent, self._leader):
+            pool.shutdown(wait=False, cancel_futures=True)
         self._api.close()  # type: ignore[no-untyped-call]
 
     async def _call(
-        self, what: str, fn: Callable[..., Any], *args: Any, urgent: bool = False, **kw: Any
+        self,
+        what: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        write: bool = False,
+        pool: ThreadPoolExecutor | None = None,
+        limit: tuple[float, float] | None = None,
+        **kw: Any,
     ) -> Any:
+        if write and self._write_gate is not None:
+            self._write_gate()
+        request_timeout = limit or self._timeout
+
         def run() -> Any:
-            response = fn(*args, _preload_content=False, **kw)
+            response = fn(*args, _preload_content=False, _request_timeout=request_timeout, **kw)
             data = response.data
             return json.loads(data) if data else None
 
         try:
-            threads = self._urgent if urgent else self._threads
-            return await asyncio.get_running_loop().run_in_executor(threads, run)
+            return await asyncio.get_running_loop().run_in_executor(pool or self._threads, run)
         except ApiException as err:
             message = f"{what} failed: {err.status} {err.reason}"
             message += _status_message(err.body)
+            # `from None`: ApiException's text includes response headers and body.
             if err.status == 404:
                 raise NotFoundError(message, status=404) from None
             if err.status == 409:
                 raise ConflictError(message, status=409) from None
-            # `from None`: ApiException's text includes response headers and body.
+            if err.status is not None and (err.status >= 500 or err.status == 429):
+                raise KubeUnavailable(message, status=err.status) from None
             raise KubeError(message, status=err.status) from None
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as err:
+            # Connection refused or reset, read timeouts, TLS failures, a truncated body:
+            # the API server did not answer this call (urllib3 raises these raw).
+            raise KubeUnavailable(f"{what} failed: {_transport_reason(err)}") from None
 
     # ---- user Secrets (API key, source credentials) ------------------------------------
 
-    async def read_secret_value(
-        self, namespace: str, name: str, key: str, *, field: str, owner: str
-    ) -> str:
-        """One key of a Secret, decoded. `field` and `owner` only shape the error message."""
-        try:
-            secret = await self._call(
-                f"Get Secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace
-            )
-        except NotFoundError:
-            raise SecretProblem(
-                f"{owner}: {field} names Secret {namespace}/{name}, which does not exist; "
-                f"create it with key {key!r}",
-                reason="SecretNotFound",
-            ) from None
-        data = (secret or {}).get("data") or {}
-        if key not in data:
-            present = ", ".join(sorted(data)) or "none"
-            raise SecretProblem(
-                f"{owner}: {field} Secret {namespace}/{name} has no key {key!r} "
-                f"(keys present: {present}); add it or point {field} at the right key",
-                reason="SecretKeyMissing",
-            )
-        try:
-            value = base64.b64decode(data[key], validate=True).decode("utf-8").strip()
-        except (binascii.Error, UnicodeDecodeError):
-            value = ""
-        if not value:
-            raise SecretProblem(
-                f"{owner}: {field} Secret {namespace}/{name} key {key!r} is empty or not text; "
-                "put the value in it",
-                reason="SecretKeyInvalid",
-            )
-        return value
-
-    async def check_secret_keys(
-        self, namespace: str, name: str, keys: list[str], *, field: str, owner: str
-    ) -> None:
-        """Raise SecretProblem unless the Secret exists with all `keys` (values unread)."""
-        for key in keys:
-            await self.read_secret_value(namespace, name, key, field=field, owner=owner)
-
-    # ---- owned Secret ------------------------------------------------------------------
-
-    async def read_publish_secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        """The owned publish Secret's decoded data, or None if it does not exist."""
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's data, base64 still encoded, or None if it does not exist."""
         try:
             secret = await self._call(
                 f"Get Secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace
             )
         except NotFoundError:
             return None
+        data: dict[str, str] = (secret or {}).get("data") or {}
+        return data
+
+    # ---- owned Secret ------------------------------------------------------------------
+
+    async def read_publish_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The owned publish Secret's decoded data, or None if it does not exist."""
+        data = await self.read_secret_data(namespace, name)
+        if data is None:
+            return None
         out: dict[str, str] = {}
-        for key, value in ((secret or {}).get("data") or {}).items():
+        for key, value in data.items():
             try:
                 out[key] = base64.b64decode(value).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
@@ -180,10 +203,13 @@ class Kube:
 
         `exists` says which to try first: a keepalive's token rotation patches a Secret
         that is almost always there, and a refused create is one more write request.
-        `urgent` runs it on the threads reserved for token rotations.
+        `urgent` runs it on the threads reserved for token rotations. Callers only apply
+        a Secret right after reading that its owner exists; the ownerReference makes the
+        garbage collector remove it if the owner went away in between.
         """
         meta = manifest["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        pool = self._urgent if urgent else None
 
         async def create() -> None:
             await self._call(
@@ -191,7 +217,8 @@ class Kube:
                 self._core.create_namespaced_secret,
                 namespace,
                 dict(manifest),
-                urgent=urgent,
+                write=True,
+                pool=pool,
             )
 
         async def patch() -> None:
@@ -201,7 +228,8 @@ class Kube:
                 name,
                 namespace,
                 dict(manifest),
-                urgent=urgent,
+                write=True,
+                pool=pool,
             )
 
         if exists:
@@ -222,6 +250,7 @@ class Kube:
                 self._core.delete_namespaced_secret,
                 name,
                 namespace,
+                write=True,
             )
 
     # ---- owned Pod ---------------------------------------------------------------------
@@ -235,14 +264,16 @@ class Kube:
             return None
         return pod
 
-    async def create_pod(self, manifest: Mapping[str, Any]) -> None:
+    async def create_pod(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
-        await self._call(
+        pod: dict[str, Any] = await self._call(
             f"Create Pod {meta['namespace']}/{meta['name']}",
             self._core.create_namespaced_pod,
             meta["namespace"],
             dict(manifest),
+            write=True,
         )
+        return pod
 
     async def delete_pod(self, namespace: str, name: str, *, uid: str | None = None) -> None:
         """Delete the Pod; with `uid`, only that incarnation (never a successor)."""
@@ -254,37 +285,32 @@ class Kube:
                 name,
                 namespace,
                 body=body,
+                write=True,
             )
 
     # ---- Events ------------------------------------------------------------------------
 
-    async def post_event(
-        self, obj: Mapping[str, Any], *, type_: str, reason: str, message: str, now: str
-    ) -> None:
-        """A core/v1 Event about `obj` (apiVersion, kind, metadata name/namespace/uid)."""
-        meta = obj["metadata"]
-        namespace = meta["namespace"]
-        body = {
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion", res.API_VERSION),
-                "kind": obj.get("kind", res.KIND),
-                "name": meta["name"],
-                "namespace": namespace,
-                "uid": meta.get("uid"),
-            },
-            "type": type_,
-            "reason": reason,
-            # Kubernetes caps Event messages at 1 KiB.
-            "message": message[:1024],
-            "source": {"component": "overshoot-operator"},
-            "reportingComponent": "overshoot-operator",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> str:
+        """Create a core/v1 Event; returns its generated name."""
+        created = await self._call(
+            f"Create Event in {namespace}",
+            self._core.create_namespaced_event,
+            namespace,
+            dict(body),
+            write=True,
+        )
+        name: str = (created or {}).get("metadata", {}).get("name", "")
+        return name
+
+    async def patch_event(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Bump a repeated Event's count and lastTimestamp (client-go's aggregation)."""
         await self._call(
-            f"Create Event in {namespace}", self._core.create_namespaced_event, namespace, body
+            f"Patch Event {namespace}/{name}",
+            self._core.patch_namespaced_event,
+            name,
+            namespace,
+            dict(patch),
+            write=True,
         )
 
     # ---- the OvershootStream itself ----------------------------------------------------
@@ -304,10 +330,31 @@ class Kube:
             return None
         return obj
 
-    async def patch_stream_annotations(
-        self, namespace: str, name: str, annotations: Mapping[str, str | None]
-    ) -> None:
-        await self._call(
+    async def patch_stream_metadata(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        uid: str,
+        resource_version: str | None = None,
+        annotations: Mapping[str, str | None] | None = None,
+        finalizers: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """A JSON merge patch of the resource's metadata; returns the object as stored.
+
+        `uid` is a precondition (the API server refuses a patch that would change it), so
+        the write never lands on a successor with the same name. `resource_version`, when
+        given, makes it an optimistic update (409 if the object changed since): required
+        with `finalizers`, because a merge patch replaces the whole list.
+        """
+        meta: dict[str, Any] = {"uid": uid}
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version
+        if annotations is not None:
+            meta["annotations"] = dict(annotations)
+        if finalizers is not None:
+            meta["finalizers"] = finalizers
+        obj: dict[str, Any] = await self._call(
             f"Patch {res.KIND} {namespace}/{name}",
             self._custom.patch_namespaced_custom_object,
             res.GROUP,
@@ -315,14 +362,21 @@ class Kube:
             namespace,
             res.PLURAL,
             name,
-            {"metadata": {"annotations": dict(annotations)}},
+            {"metadata": meta},
+            write=True,
         )
+        return obj
 
-    async def patch_stream_status(
-        self, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> None:
-        """A JSON merge patch of the status subresource (None deletes a field)."""
-        await self._call(
+    async def replace_stream_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], *, uid: str
+    ) -> dict[str, Any]:
+        """Set the whole status of the incarnation `uid` (the operator is its only writer).
+
+        A JSON patch that first tests the uid: the status subresource ignores metadata in
+        a merge patch, so this is the one way to make the write refuse a successor created
+        under the same name (422, the test failed) instead of landing on it.
+        """
+        obj: dict[str, Any] = await self._call(
             f"Patch {res.KIND} {namespace}/{name} status",
             self._custom.patch_namespaced_custom_object_status,
             res.GROUP,
@@ -330,8 +384,73 @@ class Kube:
             namespace,
             res.PLURAL,
             name,
-            {"status": dict(status)},
+            [
+                {"op": "test", "path": "/metadata/uid", "value": uid},
+                {"op": "add", "path": "/status", "value": dict(status)},
+            ],
+            write=True,
+            _content_type="application/json-patch+json",
         )
+        return obj
+
+    async def api_group_served(self, group: str, version: str, plural: str) -> bool:
+        """Whether discovery lists `plural` in group/version (a CRD installed and served)."""
+        try:
+            found = await self._call(
+                f"Get discovery of {group}/{version}",
+                self._custom.get_api_resources,
+                group,
+                version,
+            )
+        except NotFoundError:
+            return False
+        return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
+
+    # ---- the leader Lease (coordination.k8s.io) ----------------------------------------
+
+    async def get_lease(
+        self, namespace: str, name: str, *, read_timeout: float
+    ) -> dict[str, Any] | None:
+        try:
+            lease: dict[str, Any] = await self._call(
+                f"Get Lease {namespace}/{name}",
+                self._coordination.read_namespaced_lease,
+                name,
+                namespace,
+                pool=self._leader,
+                limit=(min(CONNECT_TIMEOUT_SECONDS, read_timeout), read_timeout),
+            )
+        except NotFoundError:
+            return None
+        return lease
+
+    async def create_lease(
+        self, namespace: str, body: Mapping[str, Any], *, read_timeout: float
+    ) -> dict[str, Any]:
+        lease: dict[str, Any] = await self._call(
+            f"Create Lease {namespace}/{body['metadata']['name']}",
+            self._coordination.create_namespaced_lease,
+            namespace,
+            dict(body),
+            pool=self._leader,
+            limit=(min(CONNECT_TIMEOUT_SECONDS, read_timeout), read_timeout),
+        )
+        return lease
+
+    async def replace_lease(
+        self, namespace: str, name: str, body: Mapping[str, Any], *, read_timeout: float
+    ) -> dict[str, Any]:
+        """PUT with the body's resourceVersion: 409 if someone else wrote it since."""
+        lease: dict[str, Any] = await self._call(
+            f"Update Lease {namespace}/{name}",
+            self._coordination.replace_namespaced_lease,
+            name,
+            namespace,
+            dict(body),
+            pool=self._leader,
+            limit=(min(CONNECT_TIMEOUT_SECONDS, read_timeout), read_timeout),
+        )
+        return lease
 
 
 def _status_message(body: Any) -> str:
@@ -343,3 +462,14 @@ def _status_message(body: Any) -> str:
     if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
         return f": {parsed['message'][:300]}"
     return ""
+
+
+def _transport_reason(err: BaseException) -> str:
+    """A short cause for a transport failure: urllib3 wraps the interesting one."""
+    cause: BaseException = err
+    reason = getattr(err, "reason", None)
+    if isinstance(reason, BaseException):
+        cause = reason
+    text = str(cause).split(": ", 1)[-1] if str(cause) else ""
+    name = type(cause).__name__
+    return f"{name}: {text[:200]}" if text else name

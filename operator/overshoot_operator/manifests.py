@@ -68,6 +68,7 @@ __all__ = [
     "build_publish_secret",
     "build_publisher_pod",
     "child_labels",
+    "desired_config_hash",
     "owner_reference",
     "pod_config_hash",
     "pod_needs_replacement",
@@ -455,6 +456,11 @@ def _annotation(pod: Mapping[str, Any]) -> str | None:
     annotations: Mapping[str, Any] = (pod.get("metadata") or {}).get("annotations") or {}
     value = annotations.get(PUBLISHER_CONFIG_HASH_ANNOTATION)
     return value if isinstance(value, str) else None
+
+
+def desired_config_hash(desired_pod: Mapping[str, Any]) -> str:
+    """The config hash a Pod built here carries (what a running Pod is compared with)."""
+    return _annotation(desired_pod) or pod_config_hash(desired_pod)
 
 
 def pod_needs_replacement(existing_pod: Mapping[str, Any], desired_pod: Mapping[str, Any]) -> bool:

@@ -46,3 +46,8 @@ SECONDS_TO_EXPIRY = Gauge(
     "Seconds until the soonest lease held by this operator expires.",
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "overshoot_operator_leader",
+    "1 while this replica holds the leader Lease and may act, else 0.",
+    registry=REGISTRY,
+)

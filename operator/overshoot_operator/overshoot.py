@@ -33,7 +33,8 @@ import contextlib
 import json
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
@@ -41,6 +42,8 @@ from typing import Any, Literal, TypeVar
 import aiohttp
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from overshoot_operator.limiter import Priority
 
 __all__ = [
     "ApiKey",
@@ -271,6 +274,45 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=10.0)
 
 _Model = TypeVar("_Model", bound=BaseModel)
 Sleep = Callable[[float], Awaitable[None]]
+# Taken around every HTTP request (retries included): the caller's call limiter and
+# leadership check. It may raise to refuse the request; nothing is sent then.
+RequestGate = Callable[[Endpoint, Priority], AbstractAsyncContextManager[None]]
+# Told the outcome of every HTTP request: "ok", the status code, or an error class.
+Observer = Callable[[Endpoint, str], None]
+
+# The priority of each endpoint's requests unless the caller says otherwise.
+DEFAULT_PRIORITY: dict[Endpoint, Priority] = {
+    Endpoint.KEEPALIVE: Priority.KEEPALIVE,
+    Endpoint.DELETE: Priority.DELETE,
+    Endpoint.GET: Priority.GET,
+    Endpoint.CREATE: Priority.CREATE,
+}
+
+
+@contextlib.asynccontextmanager
+async def _open_gate(endpoint: Endpoint, priority: Priority) -> AsyncIterator[None]:
+    yield
+
+
+class RetryBudget:
+    """In-call retries may add at most `ratio` of the recent successful requests (gRPC's
+    retry throttling): in a brownout, when nearly every request fails, retries stop and
+    the callers' own schedules decide, so failing calls never multiply the request rate."""
+
+    def __init__(self, *, ratio: float = 0.1, capacity: float = 10.0) -> None:
+        self._ratio = ratio
+        self._capacity = capacity
+        self._tokens = capacity
+
+    def succeeded(self) -> None:
+        self._tokens = min(self._capacity, self._tokens + self._ratio)
+
+    def take(self) -> bool:
+        # The epsilon absorbs float error: ten successes at 0.1 must make a whole token.
+        if self._tokens >= 1.0 - 1e-9:
+            self._tokens = max(0.0, self._tokens - 1.0)
+            return True
+        return False
 
 
 def default_transport(max_connections: int = 100) -> httpx.AsyncBaseTransport:
@@ -363,6 +405,9 @@ class OvershootClient:
         retries: dict[Endpoint, RetryPolicy] | None = None,
         sleep: Sleep = asyncio.sleep,
         max_connections: int = 100,
+        gate: RequestGate = _open_gate,
+        observe: Observer | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._owns_http = http is None
@@ -374,6 +419,9 @@ class OvershootClient:
         )
         self._retries = {**_RETRY_POLICY, **(retries or {})}
         self._sleep = sleep
+        self._gate = gate
+        self._observe = observe
+        self._budget = retry_budget or RetryBudget()
 
     @property
     def base_url(self) -> str:
@@ -398,9 +446,13 @@ class OvershootClient:
             raise self._error(Endpoint.CREATE, response, api_key)
         return self._parse(Endpoint.CREATE, response, StreamCreated, api_key)
 
-    async def get_stream(self, api_key: ApiKey, stream_id: str) -> StreamState:
+    async def get_stream(
+        self, api_key: ApiKey, stream_id: str, *, priority: Priority | None = None
+    ) -> StreamState:
         """GET /streams/{id}. Raises NotFound once the tombstone is gone."""
-        response = await self._call(Endpoint.GET, "GET", f"/streams/{stream_id}", api_key)
+        response = await self._call(
+            Endpoint.GET, "GET", f"/streams/{stream_id}", api_key, priority=priority
+        )
         if response.status_code != 200:
             raise self._error(Endpoint.GET, response, api_key)
         return self._parse(Endpoint.GET, response, StreamState, api_key)
@@ -433,19 +485,35 @@ class OvershootClient:
     # ---- plumbing --------------------------------------------------------------------
 
     async def _call(
-        self, endpoint: Endpoint, method: str, path: str, api_key: ApiKey
+        self,
+        endpoint: Endpoint,
+        method: str,
+        path: str,
+        api_key: ApiKey,
+        *,
+        priority: Priority | None = None,
     ) -> httpx.Response:
         policy = self._retries[endpoint]
+        priority = DEFAULT_PRIORITY[endpoint] if priority is None else priority
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = await self._send(endpoint, method, path, api_key)
+                async with self._gate(endpoint, priority):
+                    response = await self._send(endpoint, method, path, api_key)
             except OvershootUnavailable as err:
-                if attempt >= policy.attempts or (policy.only_unsent and err.request_sent):
+                self._observed(endpoint, type(err).__name__)
+                if (
+                    attempt >= policy.attempts
+                    or (policy.only_unsent and err.request_sent)
+                    or not self._budget.take()
+                ):
                     raise
                 await self._sleep(_jittered(policy.delay))
                 continue
+            self._observed(endpoint, "ok" if response.is_success else str(response.status_code))
+            if response.is_success or response.status_code < 500:
+                self._budget.succeeded()
             if (
                 response.status_code in (502, 503, 504)
                 and not policy.only_unsent
@@ -453,10 +521,14 @@ class OvershootClient:
             ):
                 retry_after = _retry_after(response)
                 # A server asking for a long pause is not ours to wait out inside one call.
-                if retry_after is None or retry_after <= policy.delay * 2:
+                if (retry_after is None or retry_after <= policy.delay * 2) and self._budget.take():
                     await self._sleep(_jittered(retry_after or policy.delay))
                     continue
             return response
+
+    def _observed(self, endpoint: Endpoint, outcome: str) -> None:
+        if self._observe is not None:
+            self._observe(endpoint, outcome)
 
     async def _send(
         self, endpoint: Endpoint, method: str, path: str, api_key: ApiKey

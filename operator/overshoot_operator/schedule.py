@@ -24,7 +24,7 @@ import heapq
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -39,13 +39,31 @@ def next_keepalive_delay(
     seconds_to_expiry: float,
     interval: float,
     jitter: float,
+    margin: float = SAFETY_MARGIN_SECONDS,
     rng: random.Random | None = None,
 ) -> float:
     """Seconds until the next keepalive after a successful one (or after create)."""
     rng = rng or random.Random()
     jittered = interval * (1.0 + rng.uniform(-jitter, jitter))
-    latest = seconds_to_expiry - SAFETY_MARGIN_SECONDS
+    latest = seconds_to_expiry - margin
     return max(MIN_RETRY_SECONDS, min(jittered, latest))
+
+
+def create_retry_delay(
+    failures: int,
+    *,
+    retry_after: float | None = None,
+    base: float = 15.0,
+    cap: float = 300.0,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds until a refused or failed create is tried again (`failures` counts from 1).
+
+    A refused create is usually a quota (a per-key stream cap answers 429 with
+    Retry-After: 1, and no stream ends within a second), so it backs off from `base` to
+    `cap`; a longer Retry-After is honoured, a shorter one is not a reason to hurry.
+    """
+    return backoff_delay(failures, base=base, cap=cap, retry_after=retry_after, rng=rng)
 
 
 def retry_keepalive_delay(
@@ -91,14 +109,14 @@ K = TypeVar("K", bound=Hashable)
 
 
 class DueQueue(Generic[K]):
-    """Keys due at loop times; one task calls `on_due(key)` for each due key.
+    """Keys due at loop times; one task calls `on_due(key)` for each key when it is due.
 
+    `on_due` is synchronous and must be quick (it enqueues; the work happens elsewhere).
     Re-scheduling a key replaces its previous time (stale heap entries are skipped
-    lazily). `on_due` runs as its own task, so a slow call never delays other keys;
-    the caller's limiter bounds how many run at once.
+    lazily); `cancel` forgets it.
     """
 
-    def __init__(self, on_due: Callable[[K], Awaitable[None]], *, name: str) -> None:
+    def __init__(self, on_due: Callable[[K], None], *, name: str) -> None:
         self._on_due = on_due
         self._name = name
         self._heap: list[tuple[float, int, K]] = []
@@ -106,7 +124,6 @@ class DueQueue(Generic[K]):
         self._seq = itertools.count()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._due)
@@ -119,7 +136,9 @@ class DueQueue(Generic[K]):
         return entry[0] if entry else None
 
     def schedule(self, key: K, delay: float) -> None:
-        when = asyncio.get_running_loop().time() + max(0.0, delay)
+        self.schedule_at(key, asyncio.get_running_loop().time() + max(0.0, delay))
+
+    def schedule_at(self, key: K, when: float) -> None:
         seq = next(self._seq)
         self._due[key] = (when, seq)
         heapq.heappush(self._heap, (when, seq, key))
@@ -139,10 +158,6 @@ class DueQueue(Generic[K]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for task in list(self._running):
-            task.cancel()
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -154,19 +169,16 @@ class DueQueue(Generic[K]):
                 if self._due.get(key) != (when, seq):
                     continue  # re-scheduled or cancelled since
                 del self._due[key]
-                task = asyncio.create_task(self._fire(key))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                try:
+                    self._on_due(key)
+                except Exception:
+                    # The last line of defence: one bug must not stop every other key.
+                    logger.exception("Unhandled error in %s for %s", self._name, key)
+            if len(self._heap) > 4 * len(self._due) + 1024:
+                # Rescheduling leaves stale entries behind; rebuild now and then so the
+                # heap stays proportional to the keys it holds.
+                self._heap = [(w, s, k) for k, (w, s) in self._due.items()]
+                heapq.heapify(self._heap)
             timeout = self._heap[0][0] - now if self._heap else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
-
-    async def _fire(self, key: K) -> None:
-        try:
-            await self._on_due(key)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The callback owns its errors; this is the last line so one bug cannot stop
-            # every other stream's keepalives.
-            logger.exception("Unhandled error in %s for %s", self._name, key)

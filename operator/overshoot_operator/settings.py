@@ -56,6 +56,25 @@ class OperatorSettings(BaseSettings):
     # finalizer; the lease ends the stream anyway (invariant 1).
     delete_give_up_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
 
+    # Kubernetes calls: the read timeout of each (connect is 5 s). A call to an API server
+    # that stopped answering fails after this, and is retried on the caller's schedule.
+    kube_request_timeout_seconds: Annotated[float, Field(ge=1, le=120)] = 10.0
+
+    # Leader election on a coordination.k8s.io Lease: one replica acts, others stand by
+    # (leader.py). On in the Helm chart, also with one replica: a rolling update runs two
+    # Pods at once. Off for a single process run by hand.
+    leader_election: bool = False
+    leader_election_namespace: str = "overshoot-system"
+    leader_election_name: str = "overshoot-operator"
+    # This replica's name in the Lease; empty means hostname and process id.
+    leader_election_identity: str = ""
+    # client-go's defaults: a standby takes over at most lease duration plus a retry
+    # period after the leader stopped renewing; the leader stops acting after the
+    # renew deadline, before anyone can take over.
+    leader_lease_duration_seconds: Annotated[float, Field(ge=2, le=600)] = 15.0
+    leader_renew_deadline_seconds: Annotated[float, Field(ge=1, le=600)] = 10.0
+    leader_retry_period_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+
     # Namespaces to watch; empty means the whole cluster.
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

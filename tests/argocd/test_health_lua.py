@@ -236,7 +236,7 @@ def _lua_user_fixable() -> set[str]:
 @pytest.mark.unit
 def test_user_fixable_reasons_match_the_operator():
     """health.lua's list is the operator's: every reason decisions.py marks user-fixable,
-    every SecretProblem reason of kube.py, and the reasons that fail a resource for good."""
+    every SecretProblem reason of apikeys.py, and the reasons that fail a resource for good."""
     endpoint = ov.Endpoint.CREATE
     samples: list[Exception] = [
         ov.Unauthorized("401", endpoint=endpoint, status_code=401),
@@ -247,9 +247,11 @@ def test_user_fixable_reasons_match_the_operator():
         KubeError("500 from the API server", status=500),
         RuntimeError("bug"),
     ]
-    kube_source = (ROOT / "operator" / "overshoot_operator" / "kube.py").read_text()
+    secrets_source = (ROOT / "operator" / "overshoot_operator" / "apikeys.py").read_text()
     secret_reasons = set(
-        re.findall(r"SecretProblem\((?:(?!SecretProblem\().)*?reason=\"(\w+)\"", kube_source, re.S)
+        re.findall(
+            r"SecretProblem\((?:(?!SecretProblem\().)*?reason=\"(\w+)\"", secrets_source, re.S
+        )
     )
     assert secret_reasons >= {"SecretNotFound", "SecretKeyMissing"}
     samples += [SecretProblem("missing", reason=r) for r in secret_reasons]
@@ -257,11 +259,17 @@ def test_user_fixable_reasons_match_the_operator():
     fixable = {p.reason for p in problems if p.user_fixable}
     transient = {p.reason for p in problems if not p.user_fixable}
 
-    reconciler = (ROOT / "operator" / "overshoot_operator" / "reconciler.py").read_text()
-    # Problems the reconciler builds itself with user_fixable=True, and Failed reasons.
-    fixable |= set(re.findall(r"Problem\(\s*\"(\w+)\",[^)]*?,\s*True,", reconciler, re.S))
-    failed = set(re.findall(r"failed=\(\s*\"(\w+)\"", reconciler))
-    failed |= set(re.findall(r"_RemoteFailed\(\s*\"(\w+)\"", reconciler))
+    package = ROOT / "operator" / "overshoot_operator"
+    sources = "".join((package / f).read_text() for f in ("reconciler.py", "decisions.py"))
+    # Problems the operator builds itself with user_fixable=True, and Failed reasons (a
+    # remote end with onRemoteEnd Fail, an unusable spec).
+    fixable |= set(re.findall(r"Problem\(\s*\"(\w+)\",[^)]*?,\s*True,", sources, re.S))
+    failed = set(re.findall(r"failed = \(\"(\w+)\"", sources))
+    failed |= set(
+        re.findall(
+            r"failed_reason, failed_message = \"(\w+)\"", (package / "status.py").read_text()
+        )
+    )
     assert "InvalidSpec" in fixable | failed and "RemoteStreamEnded" in failed
 
     assert _lua_user_fixable() == fixable | failed

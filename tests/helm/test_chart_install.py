@@ -17,7 +17,8 @@ from chartkit import CHART, ROOT, Helm, set_args
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from fixtures.cluster import wait_for
+from fixtures.cluster import SaKubeconfig, wait_for
+from overshoot_localstack import kube
 from overshoot_localstack.cluster import ControlPlane
 
 pytestmark = pytest.mark.integration
@@ -35,6 +36,10 @@ class Release:
     @property
     def fullname(self) -> str:
         return f"{self.name}-overshoot-operator"
+
+    @property
+    def lease_role(self) -> str:
+        return f"{self.fullname}-leader-election"
 
 
 def _gone(read: Any, *args: str) -> bool:
@@ -134,6 +139,31 @@ def _env(container: Any) -> dict[str, str]:
     return {e.name: e.value for e in container.env if e.value is not None}
 
 
+def _source_rules(name: str, kind: str) -> list[Any]:
+    path = ROOT / "deploy" / "rbac" / name
+    doc = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == kind)
+    rules: list[Any] = doc["rules"]
+    return rules
+
+
+def _may(api: client.ApiClient, verb: str, namespace: str, name: str | None) -> bool:
+    """What the API server's authorizer answers the caller of `api` for a Lease."""
+    review = client.AuthorizationV1Api(api).create_self_subject_access_review(
+        client.V1SelfSubjectAccessReview(
+            spec=client.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=client.V1ResourceAttributes(
+                    group="coordination.k8s.io",
+                    resource="leases",
+                    verb=verb,
+                    namespace=namespace,
+                    name=name,
+                )
+            )
+        )
+    )
+    return bool(review.status.allowed)
+
+
 def test_install_upgrade_uninstall(
     kube_api: client.ApiClient, helm: Helm, release: Release
 ) -> None:
@@ -150,20 +180,36 @@ def test_install_upgrade_uninstall(
     )
     assert "kubectl apply -f examples/test-pattern.yaml" in notes
     assert "kubectl get ovs -A -w" in notes
+    # The acting replica's log is found through the Lease's holder.
+    assert f"kubectl get lease -n {release.namespace} {release.fullname}" in notes
 
     deployment = apps.read_namespaced_deployment(release.fullname, release.namespace)
     assert deployment.spec.template.spec.service_account_name == release.fullname
+    assert deployment.spec.strategy.type == "RollingUpdate"
+    rolling = deployment.spec.strategy.rolling_update
+    assert (rolling.max_unavailable, rolling.max_surge) == (0, 1)
     core.read_namespaced_service_account(release.fullname, release.namespace)
     pods = _running_pods(kube_api, release, 1)
     assert pods[0].spec.containers[0].command == ["overshoot-operator"]
 
-    # RBAC as stored by the API server equals deploy/rbac/cluster-role.yaml.
+    # RBAC as stored by the API server equals deploy/rbac/cluster-role.yaml, and the Lease
+    # Role deploy/rbac/role-leader-election.yaml but for the Lease's name.
     role = rbac.read_cluster_role(release.fullname)
     stored = kube_api.sanitize_for_serialization(role.rules)
-    source = yaml.safe_load((ROOT / "deploy" / "rbac" / "cluster-role.yaml").read_text())
-    assert stored == source["rules"]
+    assert stored == _source_rules("cluster-role.yaml", "ClusterRole")
     binding = rbac.read_cluster_role_binding(release.fullname)
     assert [(s.name, s.namespace) for s in binding.subjects] == [
+        (release.fullname, release.namespace)
+    ]
+    lease_role = rbac.read_namespaced_role(release.lease_role, release.namespace)
+    expected = [
+        {**rule, "resourceNames": [release.fullname]} if "resourceNames" in rule else rule
+        for rule in _source_rules("role-leader-election.yaml", "Role")
+    ]
+    assert kube_api.sanitize_for_serialization(lease_role.rules) == expected
+    lease_binding = rbac.read_namespaced_role_binding(release.lease_role, release.namespace)
+    assert lease_binding.role_ref.name == release.lease_role
+    assert [(s.name, s.namespace) for s in lease_binding.subjects] == [
         (release.fullname, release.namespace)
     ]
 
@@ -173,7 +219,8 @@ def test_install_upgrade_uninstall(
     established = {c.type: c.status for c in crd.status.conditions}
     assert established.get("Established") == "True"
 
-    # Upgrade: a changed value reaches the Deployment's Pod template and rolls the Pod.
+    # Upgrade: a changed value reaches the Deployment's Pod template and rolls the Pod (a
+    # rolling update: the new Pod first, then the old one goes).
     generation = deployment.metadata.generation
     _upgrade(helm, release, {"apiLimits.maxConcurrency": "4", "keepalive.intervalSeconds": "60"})
     deployment = apps.read_namespaced_deployment(release.fullname, release.namespace)
@@ -197,50 +244,65 @@ def test_install_upgrade_uninstall(
         what=f"Deployment {release.fullname} to be deleted",
     )
     assert _gone(rbac.read_cluster_role, release.fullname)
+    assert _gone(rbac.read_namespaced_role, release.lease_role, release.namespace)
+    assert _gone(rbac.read_namespaced_role_binding, release.lease_role, release.namespace)
     assert _gone(core.read_namespaced_service_account, release.fullname, release.namespace)
     assert not _gone(extensions.read_custom_resource_definition, CRD_NAME)
 
 
-def test_upgrade_to_two_replicas_with_peering(
+def test_upgrade_to_two_replicas_scales_the_deployment(
     kube_api: client.ApiClient, helm: Helm, release: Release
 ) -> None:
     apps = client.AppsV1Api(kube_api)
-    rbac = client.RbacAuthorizationV1Api(kube_api)
-    custom = client.CustomObjectsApi(kube_api)
 
     _install(helm, release, {})
+    before = apps.read_namespaced_deployment(release.fullname, release.namespace)
+    (first,) = _running_pods(kube_api, release, 1)
     _upgrade(helm, release, {"replicaCount": "2"})
 
-    # The standalone Deployment is replaced by the peered StatefulSet.
-    wait_for(
-        lambda: _gone(apps.read_namespaced_deployment, release.fullname, release.namespace),
-        60,
-        what=f"Deployment {release.fullname} to be replaced",
-    )
-    statefulset = apps.read_namespaced_stateful_set(release.fullname, release.namespace)
-    assert statefulset.spec.replicas == 2
+    # The same Deployment, scaled: the Pod template is unchanged, so nothing rolls, and the
+    # first Pod (the leader, had kwok run the operator) keeps running next to the new one.
+    after = apps.read_namespaced_deployment(release.fullname, release.namespace)
+    assert after.metadata.uid == before.metadata.uid
+    assert after.spec.replicas == 2
+    assert after.spec.template == before.spec.template
     pods = _running_pods(kube_api, release, 2)
-    # The label each replica's kopf priority comes from is set by the real controller, and
-    # differs between the replicas.
-    indexes = sorted(p.metadata.labels["apps.kubernetes.io/pod-index"] for p in pods)
-    assert indexes == ["0", "1"]
-    args = pods[0].spec.containers[0].args
-    assert args == [f"--peering={release.fullname}", "--priority=$(POD_INDEX)"]
+    assert first.metadata.name in {p.metadata.name for p in pods}
+    assert not apps.list_namespaced_stateful_set(release.namespace).items
+    for pod in pods:
+        container = pod.spec.containers[0]
+        assert container.args is None  # no --peering/--priority
+        env = _env(container)
+        assert env["OVERSHOOT_LEADER_ELECTION"] == "true"
+        assert env["OVERSHOOT_LEADER_ELECTION_NAME"] == release.fullname
+        assert env["OVERSHOOT_LEADER_ELECTION_NAMESPACE"] == release.namespace
+        identity = next(e for e in container.env if e.name == "OVERSHOOT_LEADER_ELECTION_IDENTITY")
+        assert identity.value_from.field_ref.field_path == "metadata.name"
 
-    # kopf's peering CRD came from the chart's crds/ folder; the object from templates/.
-    peering = custom.get_cluster_custom_object(
-        "kopf.dev", "v1", "clusterkopfpeerings", release.fullname
-    )
-    assert peering["metadata"]["name"] != "default"
-    path = ROOT / "deploy" / "rbac" / "optional" / "kopf-peering.yaml"
-    source = next(d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "ClusterRole")
-    role = rbac.read_cluster_role(f"{release.fullname}-peering")
-    assert kube_api.sanitize_for_serialization(role.rules) == source["rules"]
 
-    helm(
-        "uninstall", release.name, "-n", release.namespace, "--wait", kubeconfig=release.kubeconfig
-    )
-    assert _gone(
-        custom.get_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings", release.fullname
-    )
-    assert _gone(rbac.read_cluster_role, f"{release.fullname}-peering")
+def test_service_account_may_use_only_its_own_lease(
+    kube_api: client.ApiClient, helm: Helm, release: Release, sa_kubeconfig: SaKubeconfig
+) -> None:
+    _install(helm, release, {})
+    ns, lease = release.namespace, release.fullname
+    # Asked by the API server's authorizer, as the chart's ServiceAccount itself.
+    with kube.api_client(sa_kubeconfig(ns, release.fullname)) as api:
+        # RBAC is served from informers; the first answer may predate the new Role.
+        wait_for(
+            lambda: _may(api, "get", ns, lease) and _may(api, "update", ns, lease),
+            30,
+            what=f"the ServiceAccount to be allowed get and update on Lease {ns}/{lease}",
+        )
+        # `create` cannot be limited by name in RBAC, and is needed for the first election.
+        assert _may(api, "create", ns, None)
+        # Another Lease in the namespace (another release's, or a cluster component's)...
+        for verb in ("get", "update", "patch", "delete"):
+            assert not _may(api, verb, ns, "other-operator"), verb
+        # ...verbs the operator does not use on its own Lease, or on all Leases...
+        for verb in ("patch", "delete"):
+            assert not _may(api, verb, ns, lease), verb
+        for verb in ("list", "watch"):
+            assert not _may(api, verb, ns, None), verb
+        # ...and its Lease's name in another namespace: the Role is namespaced.
+        assert not _may(api, "get", "default", lease)
+        assert not _may(api, "create", "default", None)

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ CRD_SOURCE = ROOT / "deploy" / "crds" / "overshoot.ai_overshootstreams.yaml"
 CRD_NAME = "overshootstreams.overshoot.ai"
 RBAC = ROOT / "deploy" / "rbac"
 FULLNAME = "ovs-overshoot-operator"
+LEASE_ROLE = f"{FULLNAME}-leader-election"
 # OperatorSettings fields the chart does not expose, with the reason.
 NOT_RENDERED = {
     # Changing it would orphan every stream's stored state; not a user setting.
@@ -40,8 +42,18 @@ NOT_RENDERED = {
     # value that works.
     "listen_host",
 }
+# OperatorSettings fields the chart renders from the Pod itself (the downward API), not
+# from a value: each replica's identity in the Lease is its own Pod name.
+FROM_THE_POD = {"leader_election_identity": "metadata.name"}
+TIMING_RULE = (
+    "leaderElection: needs leaseDurationSeconds > renewDeadlineSeconds > retryPeriodSeconds > 0"
+)
 NON_DEFAULT: dict[str, Any] = {
     "replicaCount": "2",
+    "leaderElection.leaseDurationSeconds": "30",
+    "leaderElection.renewDeadlineSeconds": "20",
+    "leaderElection.retryPeriodSeconds": 2.5,
+    "kubeRequestTimeoutSeconds": "20",
     "watchNamespaces": "{cameras,lobby}",
     "metrics.serviceMonitor.enabled": "true",
     "metrics.serviceMonitor.labels.release": "kube-prometheus",
@@ -71,8 +83,8 @@ def _rules(path: Any, kind: str = "ClusterRole") -> list[Any]:
     return rules
 
 
-def _container(objects: list[dict[str, Any]], kind: str = "Deployment") -> dict[str, Any]:
-    workload = only(objects, kind, FULLNAME)
+def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    workload = only(objects, "Deployment", FULLNAME)
     containers = workload["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["operator"]
     container: dict[str, Any] = containers[0]
@@ -81,6 +93,15 @@ def _container(objects: list[dict[str, Any]], kind: str = "Deployment") -> dict[
 
 def _env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def _env_from_fields(container: dict[str, Any]) -> dict[str, str]:
+    """The variables the kubelet fills in from the Pod: name -> fieldPath."""
+    return {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container["env"]
+        if "valueFrom" in e
+    }
 
 
 def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> OperatorSettings:
@@ -129,24 +150,6 @@ def test_crds_install_false_renders_no_crd(render: Render) -> None:
     assert "Deployment" in kinds(objects)
 
 
-def test_kopf_peering_crds_are_what_kopf_watches() -> None:
-    # kopf's own names for its peering resources (kopf.dev/v1, cluster and namespaced).
-    from kopf._cogs.structs import references
-
-    docs = list(yaml.safe_load_all((CHART / "crds" / "kopf-peering.yaml").read_text()))
-    served = {
-        (d["spec"]["group"], v["name"], d["spec"]["names"]["plural"], d["spec"]["scope"])
-        for d in docs
-        for v in d["spec"]["versions"]
-        if v["served"]
-    }
-    cluster, namespaced = references.CLUSTER_PEERINGS_K, references.NAMESPACED_PEERINGS_K
-    assert served == {
-        (cluster.group, cluster.version, cluster.any_name, "Cluster"),
-        (namespaced.group, namespaced.version, namespaced.any_name, "Namespaced"),
-    }
-
-
 def test_cluster_role_rules_equal_deploy_rbac(render: Render) -> None:
     objects = render()
     role = only(objects, "ClusterRole", FULLNAME)
@@ -156,16 +159,60 @@ def test_cluster_role_rules_equal_deploy_rbac(render: Render) -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NAMESPACE}
     ]
-    # Standalone: no peering role.
-    assert [o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRole"] == [FULLNAME]
+    # One ClusterRole whatever the replica count (no optional peering role any more).
+    for values in ({}, {"replicaCount": "3"}):
+        names = [o["metadata"]["name"] for o in render(values) if o["kind"] == "ClusterRole"]
+        assert names == [FULLNAME]
 
 
-def test_peering_role_rules_equal_deploy_rbac_optional(render: Render) -> None:
-    objects = render({"replicaCount": "2"})
-    role = only(objects, "ClusterRole", f"{FULLNAME}-peering")
-    assert role["rules"] == _rules(RBAC / "optional" / "kopf-peering.yaml")
-    binding = only(objects, "ClusterRoleBinding", f"{FULLNAME}-peering")
-    assert binding["subjects"][0]["name"] == FULLNAME
+def test_lease_role_rules_equal_deploy_rbac_but_name_the_release_lease(render: Render) -> None:
+    objects = render()
+    role = only(objects, "Role", LEASE_ROLE)
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    source = _rules(RBAC / "role-leader-election.yaml", "Role")
+    # deploy/rbac/ grants its own Lease; the chart grants the release's Lease and no other.
+    assert [r.get("resourceNames") for r in source] == [None, ["overshoot-operator"]]
+    assert [r.get("resourceNames") for r in role["rules"]] == [None, [FULLNAME]]
+    without_names = [{k: v for k, v in r.items() if k != "resourceNames"} for r in role["rules"]]
+    assert without_names == [{k: v for k, v in r.items() if k != "resourceNames"} for r in source]
+    binding = only(objects, "RoleBinding", LEASE_ROLE)
+    assert binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": LEASE_ROLE,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NAMESPACE}
+    ]
+
+
+def test_rbac_create_false_renders_no_rbac(render: Render) -> None:
+    objects = render({"rbac.create": "false"})
+    assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & set(kinds(objects))
+    # The operator still elects; the administrator grants the Lease under the same name.
+    env = _env(_container(objects))
+    assert env["OVERSHOOT_LEADER_ELECTION"] == "true"
+    assert env["OVERSHOOT_LEADER_ELECTION_NAME"] == FULLNAME
+
+
+def test_sync_refuses_resource_names_it_cannot_rename(tmp_path: Path) -> None:
+    # The chart renames every resourceNames to its Lease: a rule naming anything else
+    # (here a ConfigMap) would silently grant the wrong object, so the generator refuses it.
+    docs = [d for d in yaml.safe_load_all((RBAC / "role-leader-election.yaml").read_text()) if d]
+    role = next(d for d in docs if d["kind"] == "Role")
+    role["rules"].append(
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["overshoot-operator"],
+            "verbs": ["get"],
+        }
+    )
+    path = tmp_path / "role-leader-election.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    with pytest.raises(SystemExit, match="resourceNames must name only the Lease"):
+        load_sync_module()._leader_election_rules(path)
 
 
 # --- lint and schema -------------------------------------------------------------------------
@@ -212,6 +259,12 @@ def test_schema_rejects_unknown_keys(helm: Helm, command: str, key: str, where: 
         "image.pullPolicy=Sometimes",
         "apiUrl=ftp://example.com",
         "watchNamespaces={Cameras}",
+        "kubeRequestTimeoutSeconds=0",
+        "kubeRequestTimeoutSeconds=121",
+        "leaderElection.leaseDurationSeconds=1",
+        "leaderElection.retryPeriodSeconds=0",
+        "leaderElection.retryPeriodSeconds=61",
+        "leaderElection.renew=5",
     ],
 )
 def test_schema_rejects_bad_values(helm: Helm, setting: str) -> None:
@@ -307,6 +360,8 @@ def test_default_render(render: Render, monkeypatch: pytest.MonkeyPatch) -> None
             "CustomResourceDefinition",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "Service",
             "Deployment",
         ]
@@ -319,7 +374,11 @@ def test_default_render(render: Render, monkeypatch: pytest.MonkeyPatch) -> None
 
     deployment = only(objects, "Deployment", FULLNAME)
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Safe only because just the Lease holder acts: the new Pod starts before the old stops.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     pod = deployment["spec"]["template"]
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
@@ -336,7 +395,7 @@ def test_default_render(render: Render, monkeypatch: pytest.MonkeyPatch) -> None
     container = _container(objects)
     assert container["image"] == "ghcr.io/overshoot-ai/overshoot-operator:0.1.0"
     assert container["command"] == ["overshoot-operator"]
-    assert "args" not in container  # standalone
+    assert "args" not in container  # only --verbose would be one
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -345,19 +404,32 @@ def test_default_render(render: Render, monkeypatch: pytest.MonkeyPatch) -> None
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8081, "metrics": 9090}
     assert container["resources"]["limits"]["memory"] == "512Mi"
 
-    # The rendered environment is exactly what the operator parses, with its defaults.
+    # The rendered environment is exactly what the operator parses, with its defaults, except
+    # where the chart knows better: its namespace, and leader election always on, on the
+    # release's Lease. The identity comes from the Pod (below), so a Pod renders none.
     env = _env(container)
     settings = _settings_from(env, monkeypatch)
     defaults = OperatorSettings.model_construct()
     expected = {f: getattr(defaults, f) for f in OperatorSettings.model_fields if f != "namespaces"}
     expected["default_api_key_secret_namespace"] = RELEASE_NAMESPACE
+    expected["leader_election"] = True
+    expected["leader_election_namespace"] = RELEASE_NAMESPACE
+    expected["leader_election_name"] = FULLNAME
     assert {f: getattr(settings, f) for f in expected} == expected
     assert settings.namespaces == []
+    assert _env_from_fields(container) == {"OVERSHOOT_LEADER_ELECTION_IDENTITY": "metadata.name"}
+    # The chart's defaults are the operator's (client-go's): 15 > 10 > 2.
+    assert (
+        settings.leader_lease_duration_seconds,
+        settings.leader_renew_deadline_seconds,
+        settings.leader_retry_period_seconds,
+        settings.kube_request_timeout_seconds,
+    ) == (15, 10, 2, 10)
 
     service = only(objects, "Service", FULLNAME)
     assert service["spec"]["clusterIP"] == "None"
@@ -365,21 +437,25 @@ def test_default_render(render: Render, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_every_user_setting_is_rendered(render: Render) -> None:
-    env = _env(_container(render()))
+    container = _container(render())
+    rendered = {e["name"] for e in container["env"]}
+    assert len(rendered) == len(container["env"]), "a variable is rendered twice"
     expected = {
         f"OVERSHOOT_{field.upper()}"
         for field in OperatorSettings.model_fields
         if field not in NOT_RENDERED
     }
-    assert expected - env.keys() == set()
-    assert {n for n in env if n.startswith("OVERSHOOT_")} - expected == set()
+    assert expected - rendered == set()
+    assert rendered - expected == set()  # no stray variables (kopf's POD_ID is gone too)
+    from_pod = {f"OVERSHOOT_{field.upper()}": path for field, path in FROM_THE_POD.items()}
+    assert _env_from_fields(container) == from_pod
 
 
 def test_non_default_values_reach_the_operator(
     render: Render, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     objects = render(NON_DEFAULT)
-    container = _container(objects, "StatefulSet")
+    container = _container(objects)
     assert container["image"] == "ghcr.io/overshoot-ai/overshoot-operator:1.2.3"
     settings = _settings_from(_env(container), monkeypatch)
     assert settings.api_url == "http://emulator.dev.svc:8000/v1beta"
@@ -392,12 +468,18 @@ def test_non_default_values_reach_the_operator(
     assert settings.api_max_concurrency == 8
     assert settings.api_max_per_second == 2.5
     assert settings.namespaces == ["cameras", "lobby"]
+    assert settings.kube_request_timeout_seconds == 20
+    assert (
+        settings.leader_lease_duration_seconds,
+        settings.leader_renew_deadline_seconds,
+        settings.leader_retry_period_seconds,
+    ) == (30, 20, 2.5)
     assert (settings.health_port, settings.metrics_port) == (18081, 19090)
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "health": 18081,
         "metrics": 19090,
     }
-    pod = only(objects, "StatefulSet", FULLNAME)["spec"]["template"]
+    pod = only(objects, "Deployment", FULLNAME)["spec"]["template"]
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "19090"
 
 
@@ -406,71 +488,120 @@ def test_publisher_image_follows_the_operator_image(render: Render) -> None:
     assert env["OVERSHOOT_PUBLISHER_IMAGE"] == "registry.local/ovs:7"
 
 
-# --- peering -------------------------------------------------------------------------------
+# --- several replicas: leader election ------------------------------------------------------
 
 
-def test_two_replicas_run_a_statefulset_with_peering(render: Render) -> None:
-    objects = render({"replicaCount": "2"})
-    assert "Deployment" not in kinds(objects)
-    statefulset = only(objects, "StatefulSet", FULLNAME)
-    assert statefulset["spec"]["replicas"] == 2
-    assert statefulset["spec"]["serviceName"] == FULLNAME
-    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
-
-    container = _container(objects, "StatefulSet")
+def test_two_replicas_scale_the_one_deployment(render: Render) -> None:
+    one, two = render(), render({"replicaCount": "2"})
+    # Only the replica count differs: same kinds, same Pod template, nothing replaced.
+    assert kinds(two) == kinds(one)
+    assert "StatefulSet" not in kinds(two)
+    deployment = only(two, "Deployment", FULLNAME)
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["template"] == only(one, "Deployment")["spec"]["template"]
+    assert deployment["spec"]["strategy"] == only(one, "Deployment")["spec"]["strategy"]
+    container = _container(two)
     assert container["command"] == ["overshoot-operator"]
-    assert container["args"] == [f"--peering={FULLNAME}", "--priority=$(POD_INDEX)"]
-    from_fields = {
-        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
-        for e in container["env"]
-        if "valueFrom" in e
-    }
-    # Distinct priorities: the StatefulSet ordinal; kopf's identity: the Pod name.
-    assert from_fields == {
-        "POD_INDEX": "metadata.labels['apps.kubernetes.io/pod-index']",
-        "POD_ID": "metadata.name",
-    }
-
-    peering = only(objects, "ClusterKopfPeering")
-    assert peering["apiVersion"] == "kopf.dev/v1"
-    assert peering["metadata"]["name"] == FULLNAME != "default"
-    assert "KopfPeering" not in kinds(objects)
+    assert "args" not in container  # no --peering or --priority: they are gone
+    env = _env(container)
+    assert env["OVERSHOOT_LEADER_ELECTION"] == "true"
+    assert env["OVERSHOOT_LEADER_ELECTION_NAMESPACE"] == RELEASE_NAMESPACE
+    assert env["OVERSHOOT_LEADER_ELECTION_NAME"] == FULLNAME
+    assert _env_from_fields(container) == {"OVERSHOOT_LEADER_ELECTION_IDENTITY": "metadata.name"}
 
 
-def test_peering_name_follows_the_release(render: Render) -> None:
+def test_lease_name_follows_the_release(render: Render) -> None:
     objects = render({"replicaCount": "3"}, release="cams-eu")
-    assert only(objects, "ClusterKopfPeering")["metadata"]["name"] == "cams-eu-overshoot-operator"
-    assert only(objects, "StatefulSet")["spec"]["replicas"] == 3
-
-
-def test_peering_with_watched_namespaces_uses_a_kopfpeering_in_each(render: Render) -> None:
-    objects = render({"replicaCount": "2", "watchNamespaces": "{cameras,lobby}"})
-    peerings = [o for o in objects if o["kind"] == "KopfPeering"]
-    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["cameras", "lobby"]
-    assert {p["metadata"]["name"] for p in peerings} == {FULLNAME}
-    assert "ClusterKopfPeering" not in kinds(objects)
-    assert _env(_container(objects, "StatefulSet"))["OVERSHOOT_NAMESPACES"] == "cameras,lobby"
-
-
-def test_peering_refuses_namespace_patterns(helm: Helm) -> None:
-    result = helm(
-        "template",
-        "ovs",
-        str(CHART),
-        "--set",
-        "replicaCount=2",
-        "--set",
-        "watchNamespaces={cameras-*}",
-        check=False,
+    name = "cams-eu-overshoot-operator"
+    assert (
+        _env(only(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0])[
+            "OVERSHOOT_LEADER_ELECTION_NAME"
+        ]
+        == name
     )
+    role = only(objects, "Role", f"{name}-leader-election")
+    assert [r["resourceNames"] for r in role["rules"] if "resourceNames" in r] == [[name]]
+    assert only(objects, "Deployment")["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize(
+    ("lease", "renew", "retry"),
+    [
+        (15, 15, 2),  # the leader could still act when a standby takes over
+        (10, 15, 2),
+        (15, 10, 10),  # one failed renewal would already pass the deadline
+        (15, 10, 12),
+    ],
+)
+def test_bad_leader_election_timing_fails_the_render(
+    helm: Helm, lease: int, renew: float, retry: float
+) -> None:
+    values = {
+        "leaderElection.leaseDurationSeconds": lease,
+        "leaderElection.renewDeadlineSeconds": renew,
+        "leaderElection.retryPeriodSeconds": retry,
+    }
+    result = helm("template", "ovs", str(CHART), *set_args(values), check=False)
     assert result.returncode != 0
-    assert 'watchNamespaces: "cameras-*" is a pattern' in result.stderr
+    assert TIMING_RULE in result.stderr, result.stderr
+    assert f"got {lease}, {renew}, {retry}" in result.stderr, result.stderr
 
 
-def test_one_replica_accepts_namespace_patterns(render: Render) -> None:
-    objects = render({"watchNamespaces": "{cameras-*,lobby}"})
-    assert _env(_container(objects))["OVERSHOOT_NAMESPACES"] == "cameras-*,lobby"
-    assert not {"ClusterKopfPeering", "KopfPeering"} & set(kinds(objects))
+@pytest.mark.parametrize(
+    "values",
+    [
+        # --set gives integers, values.yaml and --set-json floats: both must compare.
+        {"leaderElection.renewDeadlineSeconds": "14", "leaderElection.retryPeriodSeconds": 0.5},
+        {"leaderElection.renewDeadlineSeconds": 14.5, "leaderElection.retryPeriodSeconds": "14"},
+    ],
+)
+def test_good_leader_election_timing_renders(
+    render: Render, monkeypatch: pytest.MonkeyPatch, values: dict[str, Any]
+) -> None:
+    settings = _settings_from(_env(_container(render(values))), monkeypatch)
+    assert settings.leader_lease_duration_seconds == 15
+    assert settings.leader_renew_deadline_seconds == float(
+        values["leaderElection.renewDeadlineSeconds"]
+    )
+    assert settings.leader_retry_period_seconds == float(
+        values["leaderElection.retryPeriodSeconds"]
+    )
+
+
+def test_lease_duration_is_whole_seconds(helm: Helm) -> None:
+    # The Lease stores whole seconds: 15.5 would be cut to 15 for every standby.
+    values = {"leaderElection.leaseDurationSeconds": 15.5}
+    result = helm("template", "ovs", str(CHART), *set_args(values), check=False)
+    assert result.returncode != 0
+    assert "at '/leaderElection/leaseDurationSeconds'" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("key", ["leaderElection", "kubeRequestTimeoutSeconds"])
+def test_values_without_the_new_keys_fail_with_the_upgrade_advice(helm: Helm, key: str) -> None:
+    # What `helm upgrade --reuse-values` from chart 0.1.x renders with: the old chart's
+    # values, which lack the new keys (`null` removes a key, as they were never there).
+    result = helm("template", "ovs", str(CHART), "--set", f"{key}=null", check=False)
+    assert result.returncode != 0
+    assert f"{key} is missing from the values" in result.stderr, result.stderr
+    assert "--reset-then-reuse-values" in result.stderr
+
+
+# --- watched namespaces -------------------------------------------------------------------
+
+
+def test_watched_namespaces_are_rendered(render: Render) -> None:
+    objects = render({"watchNamespaces": "{cameras,lobby}"})
+    assert _env(_container(objects))["OVERSHOOT_NAMESPACES"] == "cameras,lobby"
+
+
+@pytest.mark.parametrize("pattern", ["cameras-*", "cam?", "!lobby"])
+@pytest.mark.parametrize("replicas", ["1", "2"])
+def test_namespace_patterns_are_refused(helm: Helm, pattern: str, replicas: str) -> None:
+    # The operator watches namespaces by exact name; kopf drops a pattern without a word.
+    values = {"replicaCount": replicas, "watchNamespaces": f"{{lobby,{pattern}}}"}
+    result = helm("template", "ovs", str(CHART), *set_args(values), check=False)
+    assert result.returncode != 0
+    assert f'watchNamespaces: "{pattern}" is a pattern' in result.stderr, result.stderr
 
 
 # --- monitoring -------------------------------------------------------------------------------
@@ -482,7 +613,7 @@ def test_monitors_are_off_by_default(render: Render) -> None:
 
 def test_service_monitor_and_pod_monitor(render: Render) -> None:
     objects = render(NON_DEFAULT)
-    selector = only(objects, "StatefulSet", FULLNAME)["spec"]["selector"]["matchLabels"]
+    selector = only(objects, "Deployment", FULLNAME)["spec"]["selector"]["matchLabels"]
 
     service_monitor = only(objects, "ServiceMonitor", FULLNAME)
     assert service_monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -514,3 +645,4 @@ def test_existing_service_account(render: Render) -> None:
     assert "ServiceAccount" not in kinds(objects)
     assert only(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
     assert only(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "ops-sa"
+    assert only(objects, "RoleBinding", LEASE_ROLE)["subjects"][0]["name"] == "ops-sa"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from fixtures.cluster import ApplyYaml, apply_manifests, wait_for
+from fixtures.cluster import apply_manifests
 from overshoot_localstack import kube
 from overshoot_localstack.cluster import ControlPlane
 
@@ -28,11 +28,10 @@ ALLOWED: list[Access] = [
     *[(v, "overshoot.ai", "overshootstreams", "", None) for v in ("get", "list", "watch")],
     ("patch", "overshoot.ai", "overshootstreams", "", "cameras"),
     ("patch", "overshoot.ai", "overshootstreams", "status", "cameras"),
-    ("list", "apiextensions.k8s.io", "customresourcedefinitions", "", None),
-    ("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", None),
-    ("list", "", "namespaces", "", None),
-    ("watch", "", "namespaces", "", None),
+    ("update", "overshoot.ai", "overshootstreams", "finalizers", "cameras"),
     ("create", "", "events", "", "cameras"),
+    ("patch", "", "events", "", "cameras"),
+    ("create", "coordination.k8s.io", "leases", "", OPERATOR_NAMESPACE),
     *[(v, "", "secrets", "", "cameras") for v in ("create", "get", "patch", "delete")],
     *[(v, "", "pods", "", "cameras") for v in ("create", "get", "delete")],
     ("list", "", "pods", "", None),
@@ -49,10 +48,15 @@ DENIED: list[Access] = [
     ("update", "overshoot.ai", "overshootstreams", "", "cameras"),
     ("delete", "overshoot.ai", "overshootstreams", "", "cameras"),
     ("update", "overshoot.ai", "overshootstreams", "status", "cameras"),
-    # Never changes CRDs or namespaces.
+    # Never reads or changes CRDs or namespaces (kopf's scanning is off).
     ("create", "apiextensions.k8s.io", "customresourcedefinitions", "", None),
     ("get", "apiextensions.k8s.io", "customresourcedefinitions", "", None),
+    ("list", "apiextensions.k8s.io", "customresourcedefinitions", "", None),
+    ("list", "", "namespaces", "", None),
+    ("watch", "", "namespaces", "", None),
     ("delete", "", "namespaces", "", None),
+    # Events are written, never read.
+    ("list", "", "events", "", "cameras"),
     # Patches only; Pods are deleted and recreated, never changed.
     ("update", "", "secrets", "", "cameras"),
     ("update", "", "pods", "", "cameras"),
@@ -65,11 +69,24 @@ DENIED: list[Access] = [
     ("create", "", "serviceaccounts", "token", "cameras"),
     ("list", "kopf.dev", "clusterkopfpeerings", "", None),
     ("create", "rbac.authorization.k8s.io", "rolebindings", "", "cameras"),
+    # Leases: only its own, in its own namespace (below).
     ("get", "coordination.k8s.io", "leases", "", "cameras"),
+    ("create", "coordination.k8s.io", "leases", "", "cameras"),
+    ("list", "coordination.k8s.io", "leases", "", OPERATOR_NAMESPACE),
+    ("delete", "coordination.k8s.io", "leases", "", OPERATOR_NAMESPACE),
+]
+
+# The leader Lease by name: (verb, lease name, allowed).
+LEASE_ACCESS = [
+    ("get", "overshoot-operator", True),
+    ("update", "overshoot-operator", True),
+    ("get", "kube-scheduler", False),
+    ("update", "kube-controller-manager", False),
+    ("delete", "overshoot-operator", False),
 ]
 
 
-def _can(api: client.ApiClient, access: Access) -> bool:
+def _can(api: client.ApiClient, access: Access, *, name: str | None = None) -> bool:
     verb, group, resource_, subresource, namespace = access
     review = client.V1SelfSubjectAccessReview(
         spec=client.V1SelfSubjectAccessReviewSpec(
@@ -79,6 +96,7 @@ def _can(api: client.ApiClient, access: Access) -> bool:
                 resource=resource_,
                 subresource=subresource or None,
                 namespace=namespace,
+                name=name,
             )
         )
     )
@@ -97,6 +115,7 @@ def operator_api(
     for name in ("namespace.yaml", "service-account.yaml", "cluster-role.yaml"):
         apply_manifests(kube_api, RBAC_DIR / name)
     apply_manifests(kube_api, RBAC_DIR / "cluster-role-binding.yaml")
+    apply_manifests(kube_api, RBAC_DIR / "role-leader-election.yaml")
     path = tmp_path_factory.mktemp("rbac") / "kubeconfig"
     kubeconfig = kube.serviceaccount_kubeconfig(cluster, OPERATOR_NAMESPACE, OPERATOR_SA, path)
     with kube.api_client(kubeconfig) as api:
@@ -113,16 +132,9 @@ def test_operator_may_not(operator_api: client.ApiClient, access: Access) -> Non
     assert not _can(operator_api, access), access
 
 
-def test_peering_role_is_optional_and_separate(
-    kube_api: client.ApiClient, apply_yaml: ApplyYaml, operator_api: client.ApiClient
+@pytest.mark.parametrize(("verb", "name", "allowed"), LEASE_ACCESS)
+def test_operator_lease_access_is_by_name(
+    operator_api: client.ApiClient, verb: str, name: str, allowed: bool
 ) -> None:
-    peering: Access = ("patch", "kopf.dev", "clusterkopfpeerings", "", None)
-    assert not _can(operator_api, peering)
-    apply_yaml(RBAC_DIR / "optional" / "kopf-peering.yaml")
-    try:
-        wait_for(lambda: _can(operator_api, peering), 10, what="the peering role to apply")
-        assert _can(operator_api, ("list", "kopf.dev", "kopfpeerings", "", None))
-    finally:
-        rbac = client.RbacAuthorizationV1Api(kube_api)
-        rbac.delete_cluster_role_binding("overshoot-operator-peering")
-        rbac.delete_cluster_role("overshoot-operator-peering")
+    access: Access = (verb, "coordination.k8s.io", "leases", "", OPERATOR_NAMESPACE)
+    assert _can(operator_api, access, name=name) is allowed

@@ -71,9 +71,12 @@ def test_backoff_grows_caps_and_honours_retry_after() -> None:
 async def test_due_queue_fires_in_order_and_reschedule_replaces() -> None:
     loop = asyncio.get_running_loop()
     fired: list[tuple[str, float]] = []
+    three = asyncio.Event()
 
-    async def on_due(key: str) -> None:
+    def on_due(key: str) -> None:
         fired.append((key, loop.time()))
+        if len(fired) == 3:
+            three.set()
 
     queue: sch.DueQueue[str] = sch.DueQueue(on_due, name="test")
     queue.start()
@@ -84,7 +87,8 @@ async def test_due_queue_fires_in_order_and_reschedule_replaces() -> None:
     queue.schedule("c", 0.3)  # replaces 0.05
     queue.schedule("d", 0.15)
     queue.cancel("d")
-    await asyncio.sleep(0.45)
+    # "c" is due last, so "d" (due at 0.15) would have fired before it.
+    await asyncio.wait_for(three.wait(), 5)
     await queue.stop()
     assert [k for k, _ in fired] == ["a", "b", "c"]
     assert [t - start >= due for (_, t), due in zip(fired, (0.1, 0.2, 0.3), strict=True)] == [
@@ -148,3 +152,45 @@ async def test_limiter_rate_limits_short_calls() -> None:
     await asyncio.gather(*(call() for _ in range(75)))
     # A burst of one second's worth (50), then 50 per second: the other 25 need 0.5 s.
     assert loop.time() - start >= 0.5 - 1e-3
+
+
+@pytest.mark.parametrize(
+    ("failures", "retry_after", "kw", "low", "high"),
+    [
+        pytest.param(1, None, {}, 7.5, 15.0, id="first-failure-from-base"),
+        pytest.param(0, None, {}, 7.5, 15.0, id="zero-counts-as-first"),
+        pytest.param(2, None, {}, 15.0, 30.0, id="doubles"),
+        pytest.param(3, None, {}, 30.0, 60.0, id="doubles-again"),
+        pytest.param(5, None, {}, 120.0, 240.0, id="fifth"),
+        pytest.param(6, None, {}, 150.0, 300.0, id="capped"),
+        pytest.param(60, None, {}, 150.0, 300.0, id="capped-for-ever"),
+        # A per-key stream cap answers 429 with Retry-After: 1; no stream ends that soon.
+        pytest.param(1, 1.0, {}, 7.5, 15.0, id="short-retry-after-is-no-hurry"),
+        pytest.param(1, 120.0, {}, 120.0, 120.0, id="long-retry-after-honoured"),
+        pytest.param(6, 1000.0, {}, 1000.0, 1000.0, id="retry-after-beyond-cap-honoured"),
+        pytest.param(3, None, {"base": 2.0, "cap": 5.0}, 2.5, 5.0, id="own-base-and-cap"),
+    ],
+)
+def test_create_retry_delay(
+    failures: int, retry_after: float | None, kw: dict[str, float], low: float, high: float
+) -> None:
+    delays = [
+        sch.create_retry_delay(failures, retry_after=retry_after, rng=random.Random(seed), **kw)
+        for seed in range(100)
+    ]
+    assert all(low <= d <= high for d in delays), (min(delays), max(delays))
+    if low < high:
+        # Full jitter: resources that failed together do not retry together.
+        assert len(set(delays)) > 50
+        assert min(delays) < low + (high - low) * 0.2 and max(delays) > high - (high - low) * 0.2
+
+
+def test_create_retry_delay_never_shrinks_as_failures_grow() -> None:
+    ceilings = [
+        max(sch.create_retry_delay(n, rng=random.Random(seed)) for seed in range(50))
+        for n in range(1, 10)
+    ]
+    assert ceilings == sorted(ceilings)
+    assert ceilings[0] <= 15.0 and ceilings[-1] <= 300.0
+    # Without an rng it still answers within the bounds.
+    assert 7.5 <= sch.create_retry_delay(1) <= 15.0

@@ -51,17 +51,51 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s:%s" $repository $tag }}
 {{- end }}
 
-{{/* More than one replica: a StatefulSet with kopf peering. */}}
-{{- define "overshoot-operator.peering" -}}
-{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{/*
+The leader Lease's name (in the release namespace): the release's full name, so two
+releases in one namespace never compete for one Lease.
+*/}}
+{{- define "overshoot-operator.leaseName" -}}
+{{- include "overshoot-operator.fullname" . }}
 {{- end }}
 
 {{/*
-The kopf peering name: the release's full name, so two releases in one cluster never share
-a peering (and never kopf's implicit "default", which any stray kopf operator would join).
+Refuses leader-election timing the operator would refuse at startup (leader.py's Timing),
+so the mistake fails `helm install` instead of crash-looping every replica. The order is
+client-go's: the leader stops acting (renew deadline) before a standby may take the Lease
+(lease duration), and renews more often than that deadline. The schema checks each value's
+range; only a template can compare them. float64: `--set` gives integers and values.yaml
+floats, which Go templates refuse to compare with each other.
 */}}
-{{- define "overshoot-operator.peeringName" -}}
-{{- include "overshoot-operator.fullname" . }}
+{{- define "overshoot-operator.checkLeaderElection" -}}
+{{- /* `helm upgrade --reuse-values` from chart 0.1.x keeps that chart's values, which have
+neither key, and would otherwise fail on a nil pointer or render an empty setting. */}}
+{{- range list "leaderElection" "kubeRequestTimeoutSeconds" }}
+{{- if not (hasKey $.Values .) }}
+{{- fail (printf "%s is missing from the values: `helm upgrade --reuse-values` keeps the values of the release's old chart, without this chart's new defaults; upgrade with --reset-then-reuse-values (Helm 3.14 or newer) instead" .) }}
+{{- end }}
+{{- end }}
+{{- with .Values.leaderElection }}
+{{- $lease := .leaseDurationSeconds | float64 }}
+{{- $renew := .renewDeadlineSeconds | float64 }}
+{{- $retry := .retryPeriodSeconds | float64 }}
+{{- if not (and (gt $lease $renew) (gt $renew $retry) (gt $retry 0.0)) }}
+{{- fail (printf "leaderElection: needs leaseDurationSeconds > renewDeadlineSeconds > retryPeriodSeconds > 0 (the leader must stop acting before a standby may take over), got %v, %v, %v" .leaseDurationSeconds .renewDeadlineSeconds .retryPeriodSeconds) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuses namespace patterns: the operator watches namespaces by exact name (kopf's namespace
+scanning is off, see operator/overshoot_operator/handlers.py), and kopf silently drops a
+pattern from such a list, so `cameras-*` would serve nothing and say nothing.
+*/}}
+{{- define "overshoot-operator.checkWatchNamespaces" -}}
+{{- range .Values.watchNamespaces }}
+{{- if or (contains "*" .) (contains "?" .) (hasPrefix "!" .) }}
+{{- fail (printf "watchNamespaces: %q is a pattern, but the operator watches namespaces by exact name (a pattern would match nothing); list each namespace" .) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -1,0 +1,152 @@
+"""The resource's children: the publish Secret and the publisher Pod.
+
+Role: bring the children in line with the held stream and the spec, from what the
+registry knows (the Pod as the Pod watch last saw it; which stream the Secret carries).
+Called by the controller only right after it read that the resource exists and is not
+being deleted, so a child is never (re)created for a resource that is gone; both carry an
+ownerReference, so the garbage collector removes them with their owner.
+
+- The Secret carries the newest token of the held stream (invariant 5: tokens live only
+  there). It is written when a keepalive brought a token or the stream changed.
+- The Pod is created when missing and replaced (delete, then create once it is gone) when
+  its rendered spec changed or it ended for good. A Pod the cluster refuses (Pod Security,
+  quota, LimitRange, a webhook) is a `PublisherRejected` problem carrying the API server's
+  message, not a silent retry.
+
+Boundary: manifests.py to build, kube.py to write.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+
+from overshoot_operator import decisions as dec
+from overshoot_operator import manifests
+from overshoot_operator import resource as res
+from overshoot_operator.kube import ConflictError, Kube, KubeError
+from overshoot_operator.registry import DesiredPod, Entry, Held, Observed, PodFacts
+from overshoot_operator.settings import OperatorSettings
+from overshoot_publisher.config import PUBLISH_STREAM_ID_KEY
+
+logger = logging.getLogger(__name__)
+
+# A replaced or terminating Pod is looked at again after this long.
+POD_RECHECK_SECONDS = 2.0
+
+
+class PodState(Enum):
+    READY_AS_WANTED = "as-wanted"  # exists with the wanted spec (ready or not)
+    WAITING = "waiting"  # being replaced or terminating: look again soon
+    CREATED = "created"
+
+
+class Children:
+    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+        self._kube = kube
+        self._settings = settings
+
+    # ---- the publish Secret ----------------------------------------------------------
+
+    def secret_outdated(self, held: Held) -> bool:
+        return held.publish is not None or held.secret_stream_id != held.stream_id
+
+    async def write_secret(self, observed: Observed, held: Held) -> bool:
+        """Write the held stream's newest token; False if there is no token to write yet
+        (a resumed lease whose Secret names another stream needs a keepalive first)."""
+        publish = held.publish
+        if publish is None:
+            return False
+        manifest = manifests.build_publish_secret(
+            observed.ref(),
+            url=publish.url,
+            token=publish.token.get_secret_value(),
+            stream_id=held.stream_id,
+        )
+        await self._kube.apply_secret(
+            manifest, exists=held.secret_stream_id is not None, urgent=True
+        )
+        if held.publish is publish:
+            held.publish = None
+        held.secret_stream_id = held.stream_id
+        return True
+
+    async def read_secret_stream_id(self, observed: Observed) -> str | None:
+        secret = await self._kube.read_publish_secret(
+            observed.namespace, res.publish_secret_name(observed.name)
+        )
+        return (secret or {}).get(PUBLISH_STREAM_ID_KEY)
+
+    # ---- the publisher Pod -----------------------------------------------------------
+
+    def desired_pod(self, entry: Entry, observed: Observed, spec: res.EffectiveSpec) -> DesiredPod:
+        cached = entry.pod_cache
+        if cached is not None and cached.generation == observed.generation:
+            return cached
+        body = {
+            "apiVersion": res.API_VERSION,
+            "kind": res.KIND,
+            "metadata": {
+                "namespace": observed.namespace,
+                "name": observed.name,
+                "uid": observed.uid,
+            },
+        }
+        manifest = manifests.build_publisher_pod(body, spec, self._settings)
+        desired = DesiredPod(observed.generation, manifest, manifests.desired_config_hash(manifest))
+        entry.pod_cache = desired
+        return desired
+
+    async def ensure_pod(
+        self, entry: Entry, observed: Observed, spec: res.EffectiveSpec
+    ) -> PodState:
+        """Create, keep or replace the Pod. Raises ManifestError for a spec the builder
+        cannot render, KubeError for a call that failed (`refused` for admission)."""
+        desired = self.desired_pod(entry, observed, spec)
+        pod = entry.pod
+        name = res.publisher_pod_name(observed.name)
+        if pod is None:
+            try:
+                created = await self._kube.create_pod(desired.manifest)
+            except ConflictError:
+                # It exists after all (the Pod watch had not listed it yet): look at it.
+                found = await self._kube.get_pod(observed.namespace, name)
+                if found is None:
+                    return PodState.WAITING
+                entry.pod = PodFacts.from_body(
+                    found, hash_annotation=res.PUBLISHER_CONFIG_HASH_ANNOTATION
+                )
+                return await self.ensure_pod(entry, observed, spec)
+            logger.info("Created Pod %s/%s", observed.namespace, name)
+            entry.pod = PodFacts.from_body(
+                created, hash_annotation=res.PUBLISHER_CONFIG_HASH_ANNOTATION
+            )
+            return PodState.CREATED
+        if pod.deleting:
+            return PodState.WAITING
+        foreign = pod.owner_uid is not None and pod.owner_uid != observed.uid
+        if foreign or pod.lost or pod.config_hash != desired.config_hash:
+            await self._kube.delete_pod(observed.namespace, name, uid=pod.uid)
+            logger.info("Deleted Pod %s/%s to replace it", observed.namespace, name)
+            return PodState.WAITING
+        return PodState.READY_AS_WANTED
+
+    async def delete_pod(self, observed: Observed, pod: PodFacts | None) -> None:
+        await self._kube.delete_pod(
+            observed.namespace,
+            res.publisher_pod_name(observed.name),
+            uid=pod.uid if pod is not None else None,
+        )
+
+    async def delete_all(self, observed: Observed, pod: PodFacts | None) -> None:
+        """Suspend: no Pod and no Secret (nothing could use a token of no stream)."""
+        await self.delete_pod(observed, pod)
+        await self._kube.delete_secret(observed.namespace, res.publish_secret_name(observed.name))
+
+
+def pod_problem(err: KubeError, observed: Observed) -> dec.Problem:
+    if err.refused:
+        return dec.publisher_rejected(
+            err, owner=observed.owner, pod=res.publisher_pod_name(observed.name)
+        )
+    return dec.problem_from_error(err, owner=observed.owner, api_key_ref="")

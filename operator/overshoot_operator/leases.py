@@ -1,0 +1,174 @@
+"""Remote streams and their leases: acquire, renew, release, and read their state.
+
+Role: the operator's side of the Overshoot lease (invariants 1, 4 and 6): a create gives a
+`Held` lease, a keepalive renews it and brings a fresh token, a DELETE releases it. Each
+function here is one Overshoot call plus the timing that follows from its answer (when the
+next keepalive is due, from the expiry the server stated). No Kubernetes writes: what a
+renewal changes in the Secret and status is the controller's next step.
+
+Boundary: overshoot.py (whose gate applies the call limiter and the leadership check to
+every HTTP request) and the loop clock.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import datetime
+
+from pydantic import SecretStr
+
+from overshoot_operator import metrics
+from overshoot_operator import overshoot as ov
+from overshoot_operator import schedule as sch
+from overshoot_operator.limiter import Priority
+from overshoot_operator.registry import Held
+
+DEFAULT_TTL_SECONDS = 300.0
+
+
+class Leases:
+    def __init__(
+        self,
+        client: ov.OvershootClient,
+        *,
+        jitter: float,
+        loop_time: Callable[[], float],
+        wall: Callable[[], datetime],
+        rng: random.Random,
+    ) -> None:
+        self.client = client
+        self._jitter = jitter
+        self._loop_time = loop_time
+        self._wall = wall
+        self._rng = rng
+
+    # ---- timing --------------------------------------------------------------------
+
+    def _seconds_left(self, expires_at_ms: int) -> float:
+        return expires_at_ms / 1000.0 - self._wall().timestamp()
+
+    def next_keepalive_at(self, held: Held, *, interval: float) -> float:
+        delay = sch.next_keepalive_delay(
+            seconds_to_expiry=self._seconds_left(held.expires_at_ms),
+            interval=interval,
+            jitter=self._jitter,
+            rng=self._rng,
+        )
+        return self._loop_time() + delay
+
+    def retry_keepalive_at(
+        self, held: Held, *, interval: float, retry_after: float | None
+    ) -> float:
+        delay = sch.retry_keepalive_delay(
+            seconds_to_expiry=self._seconds_left(held.expires_at_ms),
+            interval=interval,
+            retry_after=retry_after,
+            rng=self._rng,
+        )
+        return self._loop_time() + delay
+
+    def comfortably_alive(self, expires_at_ms: int) -> bool:
+        """Whether a stored lease can be resumed without a call (invariant 3)."""
+        return self._seconds_left(expires_at_ms) > sch.SAFETY_MARGIN_SECONDS
+
+    # ---- calls ---------------------------------------------------------------------
+
+    async def create(self, api_key: SecretStr, *, uid: str, interval: float) -> Held:
+        """POST /streams: a new stream whose id is not yet written down anywhere."""
+        created = await self.client.create_stream(api_key)
+        held = Held(
+            stream_id=created.id,
+            uid=uid,
+            api_key=api_key,
+            expires_at_ms=created.expires_at_ms,
+            ttl_seconds=created.ttl_seconds or DEFAULT_TTL_SECONDS,
+            recorded=False,
+            publish=created.publish,
+            secret_stream_id=None,
+            keepalive_at=0.0,
+        )
+        held.keepalive_at = self.next_keepalive_at(held, interval=interval)
+        return held
+
+    async def renew(self, held: Held, *, interval: float) -> None:
+        """POST /streams/{id}/keepalive; on success the lease, token and next due time are
+        updated in `held`. Raises OvershootError (NotFound: the stream ended)."""
+        lateness = max(0.0, self._loop_time() - held.keepalive_at)
+        metrics.KEEPALIVE_LATENESS.observe(lateness)
+        try:
+            result = await self.client.keepalive(held.api_key, held.stream_id)
+        except ov.NotFound:
+            metrics.KEEPALIVES.labels("ended").inc()
+            raise
+        except ov.OvershootError:
+            metrics.KEEPALIVES.labels("error").inc()
+            held.keepalive_failures += 1
+            raise
+        metrics.KEEPALIVES.labels("ok").inc()
+        held.keepalive_failures = 0
+        held.expires_at_ms = result.expires_at_ms
+        if result.ttl_seconds:
+            held.ttl_seconds = result.ttl_seconds
+        held.last_keepalive = self._wall()
+        if result.publish is not None:
+            held.publish = result.publish
+        held.keepalive_at = self.next_keepalive_at(held, interval=interval)
+
+    async def adopt(self, api_key: SecretStr, stream_id: str, *, uid: str, interval: float) -> Held:
+        """Take over a stream known by id (stored in status, or an annotation) with a
+        keepalive, which proves it alive and brings a token."""
+        held = Held(
+            stream_id=stream_id,
+            uid=uid,
+            api_key=api_key,
+            expires_at_ms=0,
+            ttl_seconds=DEFAULT_TTL_SECONDS,
+            recorded=True,
+            publish=None,
+            secret_stream_id=None,
+            keepalive_at=self._loop_time(),
+        )
+        await self.renew(held, interval=interval)
+        return held
+
+    def resume(
+        self,
+        api_key: SecretStr,
+        stream_id: str,
+        *,
+        uid: str,
+        expires_at_ms: int,
+        interval: float,
+    ) -> Held:
+        """A stored lease that is comfortably alive, resumed without any call: its next
+        keepalive is scheduled from the stored expiry (restarts spread themselves)."""
+        held = Held(
+            stream_id=stream_id,
+            uid=uid,
+            api_key=api_key,
+            expires_at_ms=expires_at_ms,
+            ttl_seconds=DEFAULT_TTL_SECONDS,
+            recorded=True,
+            publish=None,
+            secret_stream_id=stream_id,
+            keepalive_at=0.0,
+        )
+        held.keepalive_at = self.next_keepalive_at(held, interval=interval)
+        return held
+
+    async def release(self, api_key: SecretStr, stream_id: str) -> bool:
+        """DELETE /streams/{id}: True if deleted now, False if it was already gone."""
+        return await self.client.delete_stream(api_key, stream_id)
+
+    async def end_reason(self, api_key: SecretStr, stream_id: str) -> str:
+        """Why a stream ended, if its tombstone is still readable."""
+        try:
+            state = await self.client.get_stream(api_key, stream_id, priority=Priority.GET)
+        except ov.OvershootError:
+            return "unknown"
+        return state.end_reason or ("unknown" if state.ended else "active")
+
+    async def state(self, held: Held) -> ov.StreamState:
+        """GET /streams/{id} at the lowest priority (a status poll)."""
+        return await self.client.get_stream(held.api_key, held.stream_id, priority=Priority.POLL)
