@@ -218,18 +218,3 @@ def rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def pod_is_lost(pod: dict[str, object] | None, *, node_exists: bool | None) -> bool:
-    """A Pod nobody will bring back: failed for good, finished, or its node is gone.
-
-    A bare Pod is not rescheduled by anyone when its node dies; the operator must replace
-    it. `restartPolicy: Always` makes Failed/Succeeded rare (evictions, node loss).
-    """
-    if pod is None:
-        return True
-    status = pod.get("status")
-    phase = status.get("phase") if isinstance(status, dict) else None
-    if phase in ("Failed", "Succeeded"):
-        return True
-    return node_exists is False

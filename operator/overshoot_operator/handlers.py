@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -39,6 +40,16 @@ def _controller() -> Controller:
     return controller
 
 
+class RetryForever:
+    """kopf's backoffs between retries of a failed API request, without end: Fibonacci
+    up to 21 s, then every 21 s (a new iteration per request, so each starts over)."""
+
+    def __iter__(self) -> Iterator[float]:
+        yield from (1, 1, 2, 3, 5, 8, 13)
+        while True:
+            yield 21
+
+
 def kopf_settings(ours: OperatorSettings) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # kopf posts no Events of its own: the controller posts those users act on.
@@ -58,6 +69,9 @@ def kopf_settings(ours: OperatorSettings) -> kopf.OperatorSettings:
     settings.watching.chunk_size = 500
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
+    # kopf gives a watch up after its eight retries (about 90 s), and the operator with
+    # it; an API server outage of any length must find the operator still renewing leases.
+    settings.networking.error_backoffs = RetryForever()
     # No cap on per-object workers: an event handler here only records and queues.
     settings.queueing.worker_limit = None
     settings.queueing.idle_timeout = 1.0

@@ -58,10 +58,16 @@ class KubeError(Exception):
         self.status = status
 
     @property
+    def namespace_terminating(self) -> bool:
+        """Refused because the namespace is being deleted (NamespaceLifecycle admission):
+        nothing to fix, the resource itself is about to be deleted too."""
+        return self.status == 403 and "because it is being terminated" in str(self)
+
+    @property
     def refused(self) -> bool:
         """The API server (or an admission plugin) refused the object: 403 or 422. Trying
         the same request again will not help until someone changes something."""
-        return self.status in (403, 422)
+        return self.status in (403, 422) and not self.namespace_terminating
 
 
 class KubeUnavailable(KubeError):

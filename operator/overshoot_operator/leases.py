@@ -24,8 +24,6 @@ from overshoot_operator import schedule as sch
 from overshoot_operator.limiter import Priority
 from overshoot_operator.registry import Held
 
-DEFAULT_TTL_SECONDS = 300.0
-
 
 class Leases:
     def __init__(
@@ -82,7 +80,6 @@ class Leases:
             uid=uid,
             api_key=api_key,
             expires_at_ms=created.expires_at_ms,
-            ttl_seconds=created.ttl_seconds or DEFAULT_TTL_SECONDS,
             recorded=False,
             publish=created.publish,
             secret_stream_id=None,
@@ -103,13 +100,9 @@ class Leases:
             raise
         except ov.OvershootError:
             metrics.KEEPALIVES.labels("error").inc()
-            held.keepalive_failures += 1
             raise
         metrics.KEEPALIVES.labels("ok").inc()
-        held.keepalive_failures = 0
         held.expires_at_ms = result.expires_at_ms
-        if result.ttl_seconds:
-            held.ttl_seconds = result.ttl_seconds
         held.last_keepalive = self._wall()
         if result.publish is not None:
             held.publish = result.publish
@@ -123,7 +116,6 @@ class Leases:
             uid=uid,
             api_key=api_key,
             expires_at_ms=0,
-            ttl_seconds=DEFAULT_TTL_SECONDS,
             recorded=True,
             publish=None,
             secret_stream_id=None,
@@ -148,7 +140,6 @@ class Leases:
             uid=uid,
             api_key=api_key,
             expires_at_ms=expires_at_ms,
-            ttl_seconds=DEFAULT_TTL_SECONDS,
             recorded=True,
             publish=None,
             secret_stream_id=stream_id,

@@ -2,7 +2,7 @@
 
 Role: the only module that builds manifests. `build_publish_secret()` and
 `build_publisher_pod()` return plain dicts in the wire format (camelCase, JSON types) that the
-Kubernetes module sends as they are; `pod_config_hash()` and `pod_needs_replacement()` tell a
+Kubernetes module sends as they are; `pod_config_hash()` and `desired_config_hash()` tell a
 spec change that needs a new publisher Pod from one that does not.
 
 Boundary: pure functions, no I/O, no clock, no logging. The publisher's configuration is
@@ -71,7 +71,6 @@ __all__ = [
     "desired_config_hash",
     "owner_reference",
     "pod_config_hash",
-    "pod_needs_replacement",
     "publisher_config",
 ]
 
@@ -461,11 +460,3 @@ def _annotation(pod: Mapping[str, Any]) -> str | None:
 def desired_config_hash(desired_pod: Mapping[str, Any]) -> str:
     """The config hash a Pod built here carries (what a running Pod is compared with)."""
     return _annotation(desired_pod) or pod_config_hash(desired_pod)
-
-
-def pod_needs_replacement(existing_pod: Mapping[str, Any], desired_pod: Mapping[str, Any]) -> bool:
-    """Whether `existing_pod` (as read from the API server) differs from `desired_pod` (as
-    built here) in anything that needs a new Pod. A Pod without the annotation was not made
-    by this operator's current rendering and is replaced."""
-    desired = _annotation(desired_pod) or pod_config_hash(desired_pod)
-    return _annotation(existing_pod) != desired

@@ -302,10 +302,16 @@ class Controller:
         await self._write_status(entry, current, View())
 
     def _current(self, entry: Entry, started: Observed) -> Observed | None:
-        """The object as last seen, if it is still the incarnation a pass started with
-        and still alive; otherwise None, and the next pass (at once) decides afresh."""
+        """The object as last seen, if it is still the incarnation and the generation a
+        pass started with (its spec is the one the pass parsed) and still alive;
+        otherwise None, and the next pass (at once) decides afresh."""
         current = entry.observed
-        if current is None or current.uid != started.uid or current.deleting:
+        if (
+            current is None
+            or current.uid != started.uid
+            or current.generation != started.generation
+            or current.deleting
+        ):
             entry.wake(self._now())
             return None
         return current
@@ -763,6 +769,11 @@ class Controller:
             )
             return
         except KubeError as err:
+            if err.namespace_terminating:
+                # The namespace controller is deleting everything in it, this resource
+                # too: its deletion comes next, there is nothing to report.
+                entry.wake(self._now() + KUBE_RETRY_SECONDS)
+                return
             problem = pod_problem(err, observed)
             entry.set_problem("publisher" if err.refused else "kube", problem)
             entry.wake(self._now() + problem.retry_in)

@@ -29,6 +29,9 @@ Key = tuple[str, str]  # (namespace, name)
 TOMBSTONE_SECONDS = 600.0
 
 
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
@@ -90,8 +93,10 @@ class Observed:
             uid=meta.get("uid", ""),
             generation=int(meta.get("generation") or 0),
             resource_version=str(meta.get("resourceVersion") or ""),
+            # An unreadable timestamp counts as long ago: deletion then gives up on an
+            # unreachable API at once rather than never.
             deletion_started=(
-                (_parse_time(meta.get("deletionTimestamp")) or datetime.now(UTC))
+                (_parse_time(meta.get("deletionTimestamp")) or _EPOCH)
                 if meta.get("deletionTimestamp")
                 else None
             ),
@@ -174,7 +179,6 @@ class Held:
     uid: str
     api_key: SecretStr
     expires_at_ms: int
-    ttl_seconds: float
     # Whether the id is written down on the resource (annotation and status: invariant 2).
     recorded: bool
     # The newest token, not yet in the publish Secret.
@@ -184,9 +188,6 @@ class Held:
     # Loop time of the next keepalive.
     keepalive_at: float
     last_keepalive: datetime | None = None
-    keepalive_failures: int = 0
-    # Whether the creating mark on the resource is still to be cleared.
-    mark_to_clear: bool = False
 
 
 @dataclass(slots=True)

@@ -45,7 +45,6 @@ __all__ = [
     "GROUP",
     "KIND",
     "MAX_NAME_LENGTH",
-    "OPERATOR_ANNOTATIONS",
     "PHASES",
     "PLURAL",
     "PUBLISHER_CONFIG_HASH_ANNOTATION",
@@ -120,8 +119,6 @@ REFRESH_ANNOTATION: Final = "overshoot.ai/refresh"
 # Set just before POST /streams and removed with the id's record: found set on a resource
 # without a recorded id, it means a create may have leaked (invariant 2's Event).
 CREATING_ANNOTATION: Final = "overshoot.ai/creating"
-# The annotations the operator itself writes on the resource (not user intent).
-OPERATOR_ANNOTATIONS: Final = (STREAM_ID_ANNOTATION, CREATING_ANNOTATION)
 # On the publisher Pod: a hash of the rendered PublisherConfig and image, so a spec change
 # that needs a new Pod is told apart from one that does not.
 PUBLISHER_CONFIG_HASH_ANNOTATION: Final = "overshoot.ai/publisher-config-hash"

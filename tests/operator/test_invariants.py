@@ -21,6 +21,7 @@ from fixtures.streams import (
     delete_stream,
     events,
     get_stream,
+    live_pod_uid,
     patch_stream,
     publish_secret,
     publisher_pod,
@@ -67,7 +68,7 @@ def test_remote_stream_reaped_is_recreated(kube_api, namespace, emulator_reset, 
         == new
     )
     # The publisher follows the Secret; its Pod is not restarted for a new room.
-    assert publisher_pod(kube_api, namespace, "gate").metadata.uid == pod_uid
+    assert live_pod_uid(kube_api, namespace, "gate") == pod_uid
     wait_for(
         lambda: any(
             e.reason == "StreamRecreated" and "reaped" in e.message
@@ -96,9 +97,10 @@ def test_on_remote_end_fail(kube_api, namespace, emulator_reset, run_operator):
     assert emulator.admin.calls(API_KEY)["create"] == 1
 
 
-def test_delete_with_api_down_releases_finalizer(kube_api, namespace, emulator_reset, run_operator):
+def test_delete_with_api_down_releases_finalizer(kube_api, namespace, fresh_emulator, run_operator):
     """Invariant 1: deletion never hangs; keepalives stop at once."""
-    emulator = emulator_reset
+    # A 70 s lease: keepalives every ~10 s, so a window of 12 s would see one.
+    emulator = fresh_emulator(ttl_seconds=70)
     put_api_key(kube_api, namespace)
     operator = run_operator(emulator)  # delete_give_up_seconds=6 in tests
     create_stream(kube_api, namespace, stream_manifest("door"))
@@ -117,9 +119,10 @@ def test_delete_with_api_down_releases_finalizer(kube_api, namespace, emulator_r
         what="finalizer released although DELETE keeps failing",
     )
     emulator.admin.clear_faults()
-    keepalives = emulator.admin.calls(API_KEY)["keepalive"]
-    time.sleep(4)
-    assert emulator.admin.calls(API_KEY)["keepalive"] == keepalives, "keepalives continued"
+    renewed = emulator.admin.stream(stream_id)["keepalives"]
+    # Longer than a keepalive interval: the passing of time is what this checks.
+    time.sleep(12)
+    assert emulator.admin.stream(stream_id)["keepalives"] == renewed, "keepalives continued"
     assert any(e.reason == "DeleteAbandoned" for e in events(kube_api, namespace)) or (
         "Gave up deleting" in operator.logs()
     )
@@ -205,48 +208,53 @@ def test_operator_restart_recreates_nothing(kube_api, namespace, emulator_reset,
         what="expiresAt recorded",
     )
     operator.kill()
-    creates = emulator.admin.calls(API_KEY)["create"]
-    run_operator(emulator)
-    time.sleep(8)
-    assert emulator.admin.calls(API_KEY)["create"] == creates
+    calls = emulator.admin.calls(API_KEY)
+    restarted = run_operator(emulator)
+    # A positive signal that the new process took every stream over, not just silence.
+    wait_for(lambda: restarted.logs().count("Resumed stream") == 3, what="three streams resumed")
+    after = emulator.admin.calls(API_KEY)
+    assert (after["create"], after["keepalive"]) == (calls["create"], calls["keepalive"])
     for n in ids:
         assert status(kube_api, namespace, n)["streamId"] == ids[n]
-        assert publisher_pod(kube_api, namespace, n).metadata.uid == pods[n]
+        assert live_pod_uid(kube_api, namespace, n) == pods[n]
         # Not even a keepalive was needed: the stored lease was comfortably alive.
         assert publish_secret(kube_api, namespace, n)["token"] == tokens[n]
     assert len(emulator.admin.streams(state="active")) == 3
 
 
 def test_killed_between_create_and_record_leaks_at_most_one_lease(
-    kube_api, namespace, emulator_reset, run_operator
+    kube_api, namespace, fresh_emulator, run_operator
 ):
     """Invariant 2 (bounded case): if the id never got written, the orphan is not renewed."""
-    emulator = emulator_reset
+    # A 70 s lease: keepalives every ~10 s, so a renewal of the orphan would show in 12 s.
+    emulator = fresh_emulator(ttl_seconds=70)
     put_api_key(kube_api, namespace)
-    # Every status/annotation write is slowed by a slow create: kill while create is in flight.
+    # A slow create: kill while it is in flight.
     emulator.admin.fault(latency_ms=3000, count=1, endpoints=["create"])
     operator = run_operator(emulator)
     create_stream(kube_api, namespace, stream_manifest("crash"))
     wait_for(lambda: emulator.admin.calls(API_KEY)["create"] >= 1, what="create in flight")
-    time.sleep(1)
     operator.kill()
-    time.sleep(3)  # the emulator finished the create the dead operator never saw
-    orphan = [s["id"] for s in emulator.admin.streams(state="active")]
+    # The emulator finishes the create the dead operator never saw.
+    orphan = wait_for(
+        lambda: [s["id"] for s in emulator.admin.streams(state="active")],
+        timeout=10,
+        what="the stream the interrupted create made",
+    )
+    assert len(orphan) == 1
     run_operator(emulator)
     live = wait_for(
         lambda: status(kube_api, namespace, "crash").get("streamId"), what="streamId after restart"
     )
     assert live not in orphan
-    keepalives_before = {s["id"]: s["keepalives"] for s in emulator.admin.streams()}
-    time.sleep(3)
-    for s in emulator.admin.streams():
-        if s["id"] in orphan:
-            assert s["keepalives"] == keepalives_before[s["id"]], "orphan was renewed"
-    assert len(orphan) <= 1
     wait_for(
         lambda: any(e.reason == "StreamPossiblyLeaked" for e in events(kube_api, namespace)),
         what="an Event saying a create may have leaked",
     )
+    renewed = emulator.admin.stream(orphan[0])["keepalives"]
+    time.sleep(12)  # longer than a keepalive interval: the passing of time is the subject
+    assert emulator.admin.stream(orphan[0])["keepalives"] == renewed, "orphan was renewed"
+    assert emulator.admin.stream(live)["keepalives"] >= 1
 
 
 def test_killed_mid_keepalive_resumes_the_same_stream_and_pod(
@@ -280,7 +288,7 @@ def test_killed_mid_keepalive_resumes_the_same_stream_and_pod(
     )
     assert emulator.admin.calls(API_KEY)["create"] == creates
     assert status(kube_api, namespace, "tock")["streamId"] == stream_id
-    assert publisher_pod(kube_api, namespace, "tock").metadata.uid == pod_uid
+    assert live_pod_uid(kube_api, namespace, "tock") == pod_uid
     assert [s["id"] for s in emulator.admin.streams(state="active")] == [stream_id]
 
 
@@ -445,7 +453,7 @@ def test_spec_change_replaces_pod_not_stream(kube_api, namespace, emulator_reset
         lambda: status(kube_api, namespace, "tune").get("observedGeneration") == 3,
         what="generation 3 observed",
     )
-    assert publisher_pod(kube_api, namespace, "tune").metadata.uid == new_pod.metadata.uid
+    assert live_pod_uid(kube_api, namespace, "tune") == new_pod.metadata.uid
 
 
 def test_adopts_stream_from_annotation(kube_api, namespace, emulator_reset, run_operator):

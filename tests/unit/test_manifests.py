@@ -15,11 +15,12 @@ from overshoot_operator.manifests import (
     build_publish_secret,
     build_publisher_pod,
     child_labels,
+    desired_config_hash,
     owner_reference,
     pod_config_hash,
-    pod_needs_replacement,
     publisher_config,
 )
+from overshoot_operator.registry import PodFacts
 from overshoot_operator.resource import (
     API_VERSION,
     KIND,
@@ -44,6 +45,14 @@ from overshoot_publisher.config import (
     SOURCE_CREDENTIALS_DIR,
     PublisherConfig,
 )
+
+
+def pod_needs_replacement(existing: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """The controller's comparison (children.py): the running Pod as the Pod watch sees
+    it against the Pod rendered for the spec."""
+    facts = PodFacts.from_body(existing, hash_annotation=PUBLISHER_CONFIG_HASH_ANNOTATION)
+    return facts.config_hash != desired_config_hash(desired)
+
 
 pytestmark = pytest.mark.unit
 

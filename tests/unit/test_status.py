@@ -55,7 +55,6 @@ def held(*, last_keepalive: datetime | None = KEEPALIVE_AT) -> Held:
         uid=UID,
         api_key=SecretStr("ovs_key"),
         expires_at_ms=EXPIRES_MS,
-        ttl_seconds=300.0,
         recorded=True,
         publish=None,
         secret_stream_id=SID,
