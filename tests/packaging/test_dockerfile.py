@@ -421,3 +421,17 @@ def test_builder_replayed_gives_both_entry_points(stages: list[Stage], tmp_path:
         check=False,
     )
     assert help_.returncode == 0 and "overshoot-operator" in help_.stdout, help_.stderr
+    # The image has the publisher extra, not the emulator's: that console script says
+    # which extra it needs instead of dying in an import.
+    emulator = subprocess.run(
+        [str(venv / "bin" / "overshoot-emulator"), "--help"],
+        cwd=tmp_path,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert emulator.returncode == 2, emulator.stderr
+    assert "pip install 'overshoot-operator[emulator]'" in emulator.stderr
+    assert "Traceback" not in emulator.stderr
