@@ -3,9 +3,11 @@
 -- about this one), then phase and the Ready condition.
 --   Healthy      Ready is True for the current generation (frames are reaching Overshoot)
 --   Progressing  no status yet, status for an older generation, Pending / Provisioning,
---                transient trouble the operator retries on its own, deletion
+--                transient trouble the operator retries on its own
 --   Degraded     phase Degraded or Failed, or Ready False for a reason a user must fix
 --   Suspended    spec.suspend is true and the operator has released the stream
+-- A resource being deleted never reaches this script: Argo CD answers Progressing
+-- ("Pending deletion") for any object with a deletionTimestamp before it runs a health check.
 -- Install: deploy/argocd/README.md.
 
 -- Condition reasons that only a user can fix (operator/overshoot_operator/decisions.py and
@@ -47,12 +49,6 @@ local hs = {}
 local generation = obj.metadata.generation
 local status = obj.status
 local suspend = obj.spec ~= nil and obj.spec.suspend == true
-
-if obj.metadata.deletionTimestamp ~= nil then
-  hs.status = "Progressing"
-  hs.message = "Deleting: releasing the remote stream"
-  return hs
-end
 
 if status == nil or status.observedGeneration == nil then
   hs.status = "Progressing"
@@ -112,8 +108,8 @@ if ready ~= nil and ready.status == "False" and userFixable[ready.reason] then
   return hs
 end
 
--- Pending, Provisioning, Deleting, transient errors being retried, or a phase this script
--- does not know yet (a newer operator): the operator is still at work.
+-- Pending, Provisioning, transient errors being retried, or a phase this script does not
+-- know yet (a newer operator): the operator is still at work.
 hs.status = "Progressing"
 hs.message = describe(ready, "Phase " .. (phase or "unknown"))
 return hs

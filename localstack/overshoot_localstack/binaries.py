@@ -1,5 +1,6 @@
 """Builds and caches the real binaries the local stack runs: the Kubernetes control plane,
-etcd, kwok, helm, the LiveKit server and toxiproxy (the TCP fault proxy of `faultproxy.py`).
+etcd, kwok, helm, the LiveKit server, toxiproxy (the TCP fault proxy of `faultproxy.py`) and
+the Argo CD CLI (its Lua engine checks deploy/argocd/ in tests/argocd).
 
 Boundary: the Go toolchain and the cache directory. Nothing here starts a process other
 than `go`; the harnesses in `cluster.py`, `livekit.py` and `faultproxy.py` only ask
@@ -41,6 +42,9 @@ LIVEKIT_VERSION = "v1.13.5"
 # The newest release the Go module proxy serves. Its version list stops at v2.5.0, but later
 # tags are served when asked for by name; v2.12.1 and v2.13.0 are refused.
 TOXIPROXY_VERSION = "v2.12.0"
+# The newest Argo CD the proxy can build: v3.3 and later need a nested ./gitops-engine module
+# the proxy does not serve, and v3.2.12 does not compile.
+ARGOCD_VERSION = "v3.2.11"
 
 
 class BuildError(RuntimeError):
@@ -57,6 +61,9 @@ class Component:
     # binary name -> package path inside the module graph
     binaries: dict[str, str]
     ldflags: str = ""
+    # Start the wrapper from the release's own go.sum: its checksums, not a fresh lookup of
+    # each of a large module graph's sums.
+    copy_go_sum: bool = False
 
     @property
     def key(self) -> str:
@@ -128,6 +135,16 @@ COMPONENTS: dict[str, Component] = {
             {"toxiproxy-server": "github.com/Shopify/toxiproxy/v2/cmd/server"},
             # Without it, `toxiproxy-server -version` and GET /version say "git".
             f"-s -w -X github.com/Shopify/toxiproxy/v2.Version={TOXIPROXY_VERSION}",
+        ),
+        Component(
+            "argocd",
+            "github.com/argoproj/argo-cd/v3",
+            ARGOCD_VERSION,
+            # One binary for every Argo CD command; named `argocd`, it is the CLI.
+            {"argocd": "github.com/argoproj/argo-cd/v3/cmd"},
+            # `argocd version --client` says v3.2.11+unknown, not v99.99.99+unknown.
+            "-s -w -X github.com/argoproj/argo-cd/v3/common.version=" + ARGOCD_VERSION.lstrip("v"),
+            copy_go_sum=True,
         ),
     ]
 }
@@ -344,6 +361,8 @@ def _build_locked(
         )
     )
     gomod_text = Path(info["GoMod"]).read_text()
+    if component.copy_go_sum:
+        shutil.copyfile(Path(info["Dir"]) / "go.sum", src / "go.sum")
     edits = [f"-require={component.module}@{component.version}"]
     # Only modules the release requires: a replace of an unrequired module (etcd's own
     # root module, its test module) names a version that may not even be valid.

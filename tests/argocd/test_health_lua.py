@@ -1,6 +1,7 @@
-"""deploy/argocd/health.lua, run in a real Lua 5.1: on hand-written status samples (unit), and
-on the objects the real operator writes against the real control plane (integration),
-including a status left stale by a stopped operator."""
+"""deploy/argocd/health.lua in Argo CD's own engine (`argocd admin settings resource-overrides
+health`, see conftest.py): on hand-written status samples (unit), and on the objects the real
+operator writes against the real control plane (integration), including a status left stale
+by a stopped operator, actions applied the way Argo CD applies them, and a deletion."""
 
 from __future__ import annotations
 
@@ -9,21 +10,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argoengine import Action, ArgoCD, Health
 
 from fixtures.cluster import wait_for
 from fixtures.operator import put_api_key
 from fixtures.streams import (
     condition,
     create_stream,
+    delete_stream,
     get_stream,
     patch_stream,
+    publish_secret,
     publisher_pod,
     status,
+    stream_gone,
     stream_manifest,
 )
 from overshoot_operator import decisions
 from overshoot_operator import overshoot as ov
 from overshoot_operator.kube import KubeError, SecretProblem
+from overshoot_operator.resource import FINALIZER, REFRESH_ANNOTATION
 
 ROOT = Path(__file__).parents[2]
 HEALTH_LUA = ROOT / "deploy" / "argocd" / "health.lua"
@@ -64,8 +70,15 @@ def stream(
 @pytest.mark.parametrize(
     ("sample", "expected", "message"),
     [
-        pytest.param(stream(), "Progressing", "Waiting for the operator", id="no-status"),
-        pytest.param(stream(status_={}), "Progressing", "Waiting for the operator", id="empty"),
+        pytest.param(
+            stream(), "Progressing", "Waiting for the operator to report status", id="no-status"
+        ),
+        pytest.param(
+            stream(status_={}),
+            "Progressing",
+            "Waiting for the operator to report status",
+            id="empty",
+        ),
         pytest.param(
             stream(
                 status_={
@@ -89,7 +102,7 @@ def stream(
                 },
             ),
             "Progressing",
-            "observe generation 4",
+            "Waiting for the operator to observe generation 4",
             id="stale-observedGeneration",
         ),
         pytest.param(
@@ -102,7 +115,7 @@ def stream(
                 },
             ),
             "Progressing",
-            "observe generation 4",
+            "Waiting for the operator to observe generation 4",
             id="stale-condition",
         ),
         pytest.param(
@@ -126,7 +139,7 @@ def stream(
                 }
             ),
             "Progressing",
-            "WaitingForFrames",
+            "WaitingForFrames message",
             id="provisioning",
         ),
         pytest.param(
@@ -138,7 +151,7 @@ def stream(
                 }
             ),
             "Progressing",
-            "OvershootUnavailable",
+            "OvershootUnavailable message",
             id="transient-error",
         ),
         pytest.param(
@@ -162,7 +175,7 @@ def stream(
                 }
             ),
             "Degraded",
-            "FramesStopped",
+            "FramesStopped message",
             id="frames-stopped",
         ),
         pytest.param(
@@ -174,7 +187,7 @@ def stream(
                 }
             ),
             "Degraded",
-            "RemoteStreamEnded",
+            "RemoteStreamEnded message",
             id="failed",
         ),
         pytest.param(
@@ -201,30 +214,47 @@ def stream(
                 },
             ),
             "Progressing",
-            "Suspending",
+            "Suspending: waiting for the operator to observe generation 4",
             id="suspend-not-yet-observed",
-        ),
-        pytest.param(
-            stream(
-                deletionTimestamp="2026-01-01T00:00:00Z",
-                status_={"observedGeneration": 3, "phase": "Deleting", "conditions": []},
-            ),
-            "Progressing",
-            "Deleting",
-            id="deleting",
         ),
         pytest.param(
             stream(status_={"observedGeneration": 3, "phase": "Rebalancing"}),
             "Progressing",
-            "Rebalancing",
+            "Phase Rebalancing",
             id="unknown-phase",
         ),
     ],
 )
 def test_health_of_samples(argocd, sample, expected, message):
-    health = argocd.health(sample)
-    assert health["status"] == expected, health
-    assert message in health["message"], health
+    assert argocd.health(sample) == Health(expected, message)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "status_",
+    [
+        pytest.param(
+            {
+                "observedGeneration": 3,
+                "phase": "Publishing",
+                "conditions": [ready("True", "Publishing")],
+            },
+            id="publishing",
+        ),
+        pytest.param(
+            {"observedGeneration": 3, "phase": "Failed", "conditions": [ready("False", "X")]},
+            id="failed",
+        ),
+        pytest.param(None, id="no-status"),
+    ],
+)
+def test_health_of_a_resource_being_deleted_is_argo_cds_own(argocd, status_):
+    """Argo CD decides deletion itself: any object with a deletionTimestamp (and no Argo CD
+    hook finalizer) is Progressing, "Pending deletion", before a health script runs."""
+    sample = stream(
+        status_=status_, deletionTimestamp="2026-01-01T00:00:00Z", finalizers=[FINALIZER]
+    )
+    assert argocd.health(sample) == Health("Progressing", "Pending deletion")
 
 
 def _lua_user_fixable() -> set[str]:
@@ -284,8 +314,8 @@ def test_health_of_real_operator_status(argocd, kube_api, namespace, emulator_re
     emulator = emulator_reset
     put_api_key(kube_api, namespace)
 
-    def health(name: str) -> dict[str, str]:
-        return dict(argocd.health(get_stream(kube_api, namespace, name)))
+    def health(name: str) -> Health:
+        return argocd.health(get_stream(kube_api, namespace, name))
 
     def phase_is(name: str, phase: str) -> dict[str, Any]:
         return wait_for(
@@ -313,23 +343,19 @@ def test_health_of_real_operator_status(argocd, kube_api, namespace, emulator_re
     # Before any operator runs: no status at all.
     for name in ("live", "strict", "nap", "nokey"):
         assert "status" not in get_stream(kube_api, namespace, name)
-        assert health(name)["status"] == "Progressing"
+        assert health(name) == Health("Progressing", "Waiting for the operator to report status")
     operator = run_operator(emulator)
 
     provisioning = phase_is("live", "Provisioning")
-    assert argocd.health(provisioning)["status"] == "Progressing"
+    assert argocd.health(provisioning) == Health("Progressing", _ready_message(provisioning))
     stream_id = provisioning["status"]["streamId"]
     emulator.admin.frames(stream_id, count=50, fps=10)
     publishing = phase_is("live", "Publishing")
-    assert argocd.health(publishing) == {
-        "status": "Healthy",
-        "message": _ready_message(publishing)
-        + (
-            f" ({_lua_number(publishing['status']['stream']['recentFps'])} fps)"
-            if publishing["status"].get("stream", {}).get("recentFps") is not None
-            else ""
-        ),
-    }
+    fps = publishing["status"].get("stream", {}).get("recentFps")
+    assert argocd.health(publishing) == Health(
+        "Healthy",
+        _ready_message(publishing) + (f" ({_lua_number(fps)} fps)" if fps is not None else ""),
+    )
 
     strict_id = wait_for(
         lambda: status(kube_api, namespace, "strict").get("streamId"), what="strict streamId"
@@ -337,17 +363,33 @@ def test_health_of_real_operator_status(argocd, kube_api, namespace, emulator_re
     wait_for(lambda: publisher_pod(kube_api, namespace, "strict"), what="strict Pod")
     emulator.admin.reap(strict_id)
     failed = phase_is("strict", "Failed")
-    assert argocd.health(failed) == {"status": "Degraded", "message": _ready_message(failed)}
-    assert "onRemoteEnd" in argocd.health(failed)["message"]
+    assert argocd.health(failed) == Health("Degraded", _ready_message(failed))
+    assert "onRemoteEnd" in argocd.health(failed).message
 
-    nap = get_stream(kube_api, namespace, "nap")
-    wait_for(lambda: status(kube_api, namespace, "nap").get("streamId"), what="nap streamId")
-    suspended_spec = argocd.action("suspend", nap)
-    patch_stream(
-        kube_api, namespace, "nap", {"spec": {"suspend": suspended_spec["spec"]["suspend"]}}
+    # The refresh action, applied as Argo CD applies it: the operator rotates the token.
+    phase_is("nap", "Provisioning")
+    secret = wait_for(lambda: publish_secret(kube_api, namespace, "nap"), what="nap Secret")
+    # name -> disabled, as Argo CD lists them.
+    assert argocd.list_actions(get_stream(kube_api, namespace, "nap")) == {
+        "refresh": False,
+        "resume": True,
+        "suspend": False,
+    }
+    refresh = _apply_action(argocd, kube_api, namespace, "nap", "refresh")
+    value = refresh.obj["metadata"]["annotations"][REFRESH_ANNOTATION]
+    # Everything else (managedFields with their empty maps, status) came back as it was.
+    assert refresh.patch == {"metadata": {"annotations": {REFRESH_ANNOTATION: value}}}
+    wait_for(
+        lambda: (publish_secret(kube_api, namespace, "nap") or {}).get("token") != secret["token"],
+        what="nap token rotated after the refresh action",
     )
+
+    # Suspended by the suspend action, applied as Argo CD applies it.
+    suspend = _apply_action(argocd, kube_api, namespace, "nap", "suspend")
+    assert suspend.patch == {"spec": {"suspend": True}}
     suspended = phase_is("nap", "Suspended")
-    assert argocd.health(suspended)["status"] == "Suspended"
+    assert argocd.health(suspended) == Health("Suspended", _ready_message(suspended))
+    assert argocd.list_actions(suspended) == {"refresh": False, "resume": False, "suspend": True}
 
     nokey = wait_for(
         lambda: (
@@ -357,28 +399,48 @@ def test_health_of_real_operator_status(argocd, kube_api, namespace, emulator_re
         what="nokey Ready False with SecretNotFound",
     )
     assert nokey["status"]["phase"] == "Pending"
-    assert health("nokey") == {"status": "Degraded", "message": _ready_message(nokey)}
-    assert "no-such-secret" in health("nokey")["message"]
+    assert health("nokey") == Health("Degraded", _ready_message(nokey))
+    assert "no-such-secret" in health("nokey").message
 
     # Frames stopped: Degraded, from the operator's own FramesStopped.
     stopped = phase_is("live", "Degraded")
-    assert argocd.health(stopped) == {"status": "Degraded", "message": _ready_message(stopped)}
+    assert argocd.health(stopped) == Health("Degraded", _ready_message(stopped))
 
     # The operator stops; spec changes; its status now describes an older generation.
     operator.stop()
     patch_stream(kube_api, namespace, "live", {"spec": {"video": {"maxFps": 5}}})
-    resumed_spec = argocd.action("resume", get_stream(kube_api, namespace, "nap"))
-    patch_stream(kube_api, namespace, "nap", {"spec": {"suspend": resumed_spec["spec"]["suspend"]}})
+    resume = _apply_action(argocd, kube_api, namespace, "nap", "resume")
+    assert resume.patch == {"spec": {"suspend": False}}
     for name in ("live", "nap"):
         obj = get_stream(kube_api, namespace, name)
         assert obj["status"]["observedGeneration"] < obj["metadata"]["generation"]
-        assert argocd.health(obj) == {
-            "status": "Progressing",
-            "message": f"Waiting for the operator to observe generation {obj['metadata']['generation']}",
-        }
+        assert argocd.health(obj) == Health(
+            "Progressing",
+            f"Waiting for the operator to observe generation {obj['metadata']['generation']}",
+        )
     # The Degraded and Suspended verdicts above did not depend on a stale status.
-    assert health("strict")["status"] == "Degraded"
-    assert health("nokey")["status"] == "Degraded"
+    assert health("strict").status == "Degraded"
+    assert health("nokey").status == "Degraded"
+
+    # Deleted while no operator runs: the finalizer holds the resource, and Argo CD shows
+    # its own verdict for it, whatever the status says.
+    delete_stream(kube_api, namespace, "live")
+    deleting = get_stream(kube_api, namespace, "live")
+    assert deleting["metadata"].get("deletionTimestamp")
+    assert FINALIZER in deleting["metadata"]["finalizers"]
+    assert argocd.health(deleting) == Health("Progressing", "Pending deletion")
+    # An operator again releases the stream and lets the resource go.
+    run_operator(emulator)
+    wait_for(lambda: stream_gone(kube_api, namespace, "live"), timeout=40, what="live deleted")
+
+
+def _apply_action(argocd: ArgoCD, kube_api: Any, namespace: str, name: str, action: str) -> Action:
+    """Run `action` on the live object in Argo CD's engine and send its merge patch, as
+    Argo CD's API server does; the action's result (`.obj`, `.patch`, `.diff`)."""
+    result = argocd.run_action(get_stream(kube_api, namespace, name), action)
+    assert result.patch, f"{action} changed nothing on {name}"
+    patch_stream(kube_api, namespace, name, result.patch)
+    return result
 
 
 def _ready_message(obj: dict[str, Any]) -> str:
@@ -387,5 +449,6 @@ def _ready_message(obj: dict[str, Any]) -> str:
 
 
 def _lua_number(value: float) -> str:
-    """How Lua 5.1 prints a number in a concatenation (%.14g)."""
-    return f"{value:.14g}"
+    """How gopher-lua prints a number in a concatenation: a whole number without a fraction,
+    anything else as Go's shortest representation (Python's repr, in the range of fps)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
