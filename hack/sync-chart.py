@@ -12,11 +12,20 @@ tests/helm/ runs it.
   templates/, not the chart's crds/ folder, because Helm never upgrades (nor deletes) files
   in crds/: a new chart version with a changed schema would silently keep the old one.
 - deploy/rbac/cluster-role.yaml (ClusterRole) and deploy/rbac/role-leader-election.yaml (Role) ->
-  files/rbac-rules.yaml, under `operator` and `leaderElection`: their `rules`. The chart's
-  ClusterRole renders `operator` as it is; its leader-election Role renders
-  `leaderElection` with each `resourceNames` replaced by the chart's Lease name (the
-  release's full name). So a rule with `resourceNames` must name exactly the Lease
-  deploy/rbac/ grants; anything else would be renamed wrongly, and the script refuses it.
+  files/rbac-rules.yaml, under `operator` and `leaderElection`: their `rules`. The chart
+  renders `operator` as it is, as a ClusterRole when the operator watches the whole
+  cluster, and as a Role in each watched namespace when `watchNamespaces` lists some. A
+  Role grants nothing on cluster-scoped resources and cannot hold `nonResourceURLs`, so
+  the script refuses an `operator` rule about anything but the namespaced resources in
+  NAMESPACED (the install test checks that list against the API server's discovery).
+  Its leader-election Role renders `leaderElection` with each `resourceNames` replaced by
+  the chart's Lease name (the release's full name). So a rule with `resourceNames` must
+  name exactly the Lease deploy/rbac/ grants; anything else would be renamed wrongly, and
+  the script refuses it.
+- The same ClusterRole's `get` on Secrets -> `defaultApiKeySecret`: the one rule the chart
+  grants in the release namespace when that namespace is not watched, with
+  `resourceNames` set to the default API-key Secret's name. Derived, not written twice: the
+  script refuses a source that no longer grants `get` on Secrets.
 """
 
 from __future__ import annotations
@@ -44,6 +53,24 @@ FOOTER = "{{- end }}\n"
 # The Lease deploy/rbac/role-leader-election.yaml grants (settings.py's default
 # OVERSHOOT_LEADER_ELECTION_NAME); the chart's Role names its own Lease instead.
 LEASE_NAME = "overshoot-operator"
+# The namespaced resources (group, resource; a subresource counts as its resource) the
+# operator's rules may name: with `watchNamespaces`, the chart grants them as a Role in each
+# watched namespace, and a Role cannot grant a cluster-scoped resource. Add one here only
+# if `kubectl api-resources --namespaced=true` lists it.
+NAMESPACED = frozenset(
+    {
+        ("overshoot.ai", "overshootstreams"),
+        ("", "events"),
+        ("", "secrets"),
+        ("", "pods"),
+        ("", "configmaps"),
+        ("", "services"),
+        ("events.k8s.io", "events"),
+        ("coordination.k8s.io", "leases"),
+    }
+)
+# The operator reads the default API-key Secret by name: a GET.
+DEFAULT_API_KEY_RULE = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
 
 
 def embed_crd(source: Path) -> str:
@@ -94,16 +121,52 @@ def _leader_election_rules(path: Path) -> list[Any]:
     return rules
 
 
+def _operator_rules(path: Path) -> list[Any]:
+    """The ClusterRole's rules, refusing any a namespaced Role could not grant."""
+    rules = _rules(path, "ClusterRole")
+    for rule in rules:
+        groups, resources = rule.get("apiGroups") or [], rule.get("resources") or []
+        about = {(g, r.split("/", 1)[0]) for g in groups for r in resources}
+        if "nonResourceURLs" in rule or not about or not about <= NAMESPACED:
+            raise SystemExit(
+                f"{path}: the chart grants these rules as a Role in each watched namespace "
+                "(watchNamespaces), and a Role grants only namespaced resources and no "
+                f"nonResourceURLs; got {rule} (namespaced resources known to "
+                f"hack/sync-chart.py: {sorted(NAMESPACED)})"
+            )
+    return rules
+
+
+def _default_api_key_rule(rules: list[Any], path: Path) -> dict[str, Any]:
+    """`get` on Secrets, for the release namespace, if the source grants it."""
+    for rule in rules:
+        if (
+            "" in rule.get("apiGroups", [])
+            and "secrets" in rule.get("resources", [])
+            and "get" in rule.get("verbs", [])
+            and "resourceNames" not in rule
+        ):
+            return dict(DEFAULT_API_KEY_RULE)
+    raise SystemExit(
+        f"{path}: no rule grants `get` on Secrets, which the operator needs to read the "
+        "default API-key Secret (the chart's defaultApiKeySecret rule is derived from it)"
+    )
+
+
 def rbac_rules() -> str:
+    operator = _operator_rules(RBAC / "cluster-role.yaml")
     rules = {
-        "operator": _rules(RBAC / "cluster-role.yaml", "ClusterRole"),
+        "operator": operator,
         "leaderElection": _leader_election_rules(RBAC / "role-leader-election.yaml"),
+        "defaultApiKeySecret": [_default_api_key_rule(operator, RBAC / "cluster-role.yaml")],
     }
     return (
-        "# Generated by hack/sync-chart.py from deploy/rbac/cluster-role.yaml (operator) and\n"
-        "# deploy/rbac/role-leader-election.yaml (leaderElection; the chart replaces resourceNames\n"
-        "# with its Lease name): do not edit. The reason for each rule is written next to it\n"
-        "# there.\n" + yaml.safe_dump(rules, sort_keys=False, default_flow_style=None, width=100)
+        "# Generated by hack/sync-chart.py from deploy/rbac/cluster-role.yaml (operator, and\n"
+        "# defaultApiKeySecret: its `get` on Secrets, which the chart limits to the default\n"
+        "# API-key Secret by name) and deploy/rbac/role-leader-election.yaml (leaderElection;\n"
+        "# the chart replaces resourceNames with its Lease name): do not edit. The reason for\n"
+        "# each rule is written next to it there.\n"
+        + yaml.safe_dump(rules, sort_keys=False, default_flow_style=None, width=100)
     )
 
 

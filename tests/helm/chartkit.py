@@ -47,14 +47,37 @@ def set_args(values: dict[str, Any]) -> list[str]:
     return args
 
 
-def only(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    """The one object of `kind` (and `name`), failing with what was rendered instead."""
+def only(
+    objects: list[dict[str, Any]],
+    kind: str,
+    name: str | None = None,
+    *,
+    namespace: str | None = None,
+) -> dict[str, Any]:
+    """The one object of `kind` (and `name`, in `namespace`), failing with what was rendered
+    instead."""
     found = [
-        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+        o
+        for o in objects
+        if o["kind"] == kind
+        and (name is None or o["metadata"]["name"] == name)
+        and (namespace is None or o["metadata"].get("namespace") == namespace)
     ]
-    rendered = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
-    assert len(found) == 1, f"expected one {kind} {name or ''}, rendered: {rendered}"
+    rendered = sorted(
+        f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}" for o in objects
+    )
+    wanted = f"{kind} {namespace or ''}/{name or ''}"
+    assert len(found) == 1, f"expected one {wanted}, rendered: {rendered}"
     return found[0]
+
+
+def in_namespace(objects: list[dict[str, Any]], kind: str, namespace: str) -> list[str]:
+    """The names of the objects of `kind` in `namespace`, sorted."""
+    return sorted(
+        o["metadata"]["name"]
+        for o in objects
+        if o["kind"] == kind and o["metadata"].get("namespace") == namespace
+    )
 
 
 def kinds(objects: list[dict[str, Any]]) -> list[str]:

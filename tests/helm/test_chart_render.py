@@ -19,12 +19,14 @@ from chartkit import (
     ROOT,
     Helm,
     Render,
+    in_namespace,
     kinds,
     load_sync_module,
     only,
     set_args,
 )
 
+from overshoot_operator.manifests import child_labels
 from overshoot_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
@@ -34,6 +36,15 @@ CRD_NAME = "overshootstreams.overshoot.ai"
 RBAC = ROOT / "deploy" / "rbac"
 FULLNAME = "ovs-overshoot-operator"
 LEASE_ROLE = f"{FULLNAME}-leader-election"
+KEY_ROLE = f"{FULLNAME}-default-api-key"
+PUBLISHER_POLICY = f"{FULLNAME}-publisher"
+# Both marks that keep the CRD (and every stream) when the chart stops rendering it: Helm
+# reads the first, Argo CD's pruning only the second.
+KEEP_ANNOTATIONS = {
+    "helm.sh/resource-policy": "keep",
+    "argocd.argoproj.io/sync-options": "Prune=false",
+}
+DNS_EGRESS = {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
 # OperatorSettings fields the chart does not expose, with the reason.
 NOT_RENDERED = {
     # Changing it would orphan every stream's stored state; not a user setting.
@@ -73,6 +84,68 @@ NON_DEFAULT: dict[str, Any] = {
     "ports.health": "18081",
     "ports.metrics": "19090",
     "image.tag": "1.2.3",
+}
+# Every optional object rendered, every list and map filled (a values file, not --set).
+MAXIMAL: dict[str, Any] = {
+    "replicaCount": 3,
+    "image": {"repository": "registry.local/ovs", "tag": "1.2.3", "pullPolicy": "Always"},
+    "imagePullSecrets": [{"name": "regcred"}],
+    "crds": {"install": True, "keep": True},
+    "serviceAccount": {"create": True, "name": "ovs-sa", "annotations": {"iam/role": "x"}},
+    "watchNamespaces": ["cameras", "lobby", "cams-eu"],
+    "defaultApiKeySecret": {"name": "ovs-key", "key": "token"},
+    "verbose": True,
+    "resources": {
+        "requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "128Mi"},
+        "limits": {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "512Mi"},
+    },
+    "podSecurityContext": {"fsGroup": 65532},
+    "podAnnotations": {"team": "video"},
+    "podLabels": {"team": "video"},
+    "priorityClassName": "system-cluster-critical",
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "video", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ops"]}]}
+                ]
+            }
+        }
+    },
+    "metrics": {
+        "scrapeAnnotations": True,
+        "serviceMonitor": {"enabled": True, "scrapeTimeout": "10s", "labels": {"r": "p"}},
+        "podMonitor": {"enabled": True, "scrapeTimeout": "10s", "labels": {"r": "p"}},
+    },
+    "networkPolicy": {
+        "enabled": True,
+        "operator": {
+            "apiServer": [
+                {"cidr": "10.0.0.10/32", "ports": [{"port": 6443}]},
+                {"cidr": "fd00::/64", "except": ["fd00::1/128"], "ports": [{"port": 443}]},
+            ]
+        },
+        "publisher": {
+            "namespaces": ["ignored-when-watching"],
+            "healthFrom": ["10.1.0.0/16", "fd01::/64"],
+            "livekit": [
+                {
+                    "cidr": "203.0.113.0/24",
+                    "ports": [
+                        {"port": 443},
+                        {"port": 7881, "protocol": "TCP"},
+                        {"port": 50000, "endPort": 60000, "protocol": "UDP"},
+                    ],
+                }
+            ],
+            "sources": [
+                {"cidr": "10.0.0.0/24", "except": ["10.0.0.1/32"], "ports": [{"port": 554}]},
+                {"cidr": "198.51.100.7/32"},
+            ],
+        },
+    },
 }
 
 
@@ -135,11 +208,21 @@ def test_rendered_crd_equals_deploy_crd_and_is_kept(render: Render) -> None:
     metadata = crd.pop("metadata")
     assert crd == {k: v for k, v in source.items() if k != "metadata"}
     assert metadata["name"] == source["metadata"]["name"]
-    assert metadata["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert metadata["annotations"] == KEEP_ANNOTATIONS
     assert metadata["labels"]["app.kubernetes.io/managed-by"] == "Helm"
 
 
-def test_crd_keep_false_drops_the_policy(render: Render) -> None:
+def test_crd_metadata_comes_from_the_helper() -> None:
+    # The generated template only calls the helper, so the annotations live in one place.
+    template = (CHART / "templates" / "crds" / CRD_SOURCE.name).read_text()
+    assert load_sync_module().METADATA_LINE in template
+    code = [line for line in template.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if "resource-policy" in line or "sync-options" in line]
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert "argocd.argoproj.io/sync-options: Prune=false" in helpers
+
+
+def test_crd_keep_false_drops_both_policies(render: Render) -> None:
     crd = only(render({"crds.keep": "false"}), "CustomResourceDefinition", CRD_NAME)
     assert "annotations" not in crd["metadata"]
 
@@ -215,6 +298,60 @@ def test_sync_refuses_resource_names_it_cannot_rename(tmp_path: Path) -> None:
         load_sync_module()._leader_election_rules(path)
 
 
+def _cluster_role_with(tmp_path: Path, rule: dict[str, Any] | None, drop: str = "") -> Path:
+    """deploy/rbac/cluster-role.yaml with `rule` added and the rules about `drop` removed."""
+    doc = yaml.safe_load((RBAC / "cluster-role.yaml").read_text())
+    doc["rules"] = [r for r in doc["rules"] if drop not in r["resources"]]
+    if rule is not None:
+        doc["rules"].append(rule)
+    path = tmp_path / "cluster-role.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        # Cluster-scoped: a Role in a watched namespace would grant nothing.
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["get"],
+        },
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
+        # A Role cannot carry nonResourceURLs at all.
+        {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
+        # One namespaced and one cluster-scoped resource in the same rule.
+        {"apiGroups": [""], "resources": ["pods", "persistentvolumes"], "verbs": ["get"]},
+        {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get"]},
+    ],
+    ids=["nodes", "crds", "namespaces", "non-resource", "mixed", "wildcard"],
+)
+def test_sync_refuses_operator_rules_a_role_cannot_grant(
+    tmp_path: Path, rule: dict[str, Any]
+) -> None:
+    # With watchNamespaces the chart grants the operator's rules as Roles: a rule a Role
+    # cannot grant would silently be missing there, so the generator refuses it.
+    path = _cluster_role_with(tmp_path, rule)
+    with pytest.raises(SystemExit, match="a Role grants only namespaced resources"):
+        load_sync_module()._operator_rules(path)
+
+
+def test_sync_derives_the_default_key_rule_from_the_source(tmp_path: Path) -> None:
+    sync = load_sync_module()
+    source = _rules(RBAC / "cluster-role.yaml")
+    assert sync._default_api_key_rule(source, RBAC / "cluster-role.yaml") == {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["get"],
+    }
+    # A source without `get` on Secrets: the release-namespace rule would grant more than it.
+    path = _cluster_role_with(tmp_path, None, drop="secrets")
+    with pytest.raises(SystemExit, match="no rule grants `get` on Secrets"):
+        sync._default_api_key_rule(_rules(path), path)
+
+
 # --- lint and schema -------------------------------------------------------------------------
 
 
@@ -224,6 +361,31 @@ def test_helm_lint(helm: Helm, values: dict[str, Any]) -> None:
         "lint", "--strict", str(CHART), "--namespace", RELEASE_NAMESPACE, *set_args(values)
     )
     assert "0 chart(s) failed" in result.stdout
+
+
+def test_helm_lint_with_maximal_values(helm: Helm, render: Render, tmp_path: Path) -> None:
+    # Every optional object and every list filled: lint --strict renders them all.
+    path = tmp_path / "maximal.yaml"
+    path.write_text(yaml.safe_dump(MAXIMAL))
+    result = helm(
+        "lint", "--strict", str(CHART), "--namespace", RELEASE_NAMESPACE, "--values", str(path)
+    )
+    assert "0 chart(s) failed" in result.stdout, result.stdout
+    # ...and they are all there (lint would pass on a template that rendered nothing).
+    objects = render(extra=["--values", str(path)])
+    assert set(kinds(objects)) == {
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "ServiceMonitor",
+        "PodMonitor",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+    assert len([o for o in objects if o["kind"] == "NetworkPolicy"]) == 1 + 3
 
 
 @pytest.mark.parametrize(
@@ -408,6 +570,11 @@ def test_default_render(render: Render, monkeypatch: pytest.MonkeyPatch) -> None
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8081, "metrics": 9090}
     assert container["resources"]["limits"]["memory"] == "512Mi"
+    # Local disk too (the logs and /tmp), below a limit that leaves room for /tmp's cap.
+    assert container["resources"]["requests"]["ephemeral-storage"] == "64Mi"
+    assert container["resources"]["limits"]["ephemeral-storage"] == "256Mi"
+    assert spec["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    assert spec["affinity"] == _default_anti_affinity(deployment)
 
     # The rendered environment is exactly what the operator parses, with its defaults, except
     # where the chart knows better: its namespace, and leader election always on, on the
@@ -493,8 +660,9 @@ def test_publisher_image_follows_the_operator_image(render: Render) -> None:
 
 def test_two_replicas_scale_the_one_deployment(render: Render) -> None:
     one, two = render(), render({"replicaCount": "2"})
-    # Only the replica count differs: same kinds, same Pod template, nothing replaced.
-    assert kinds(two) == kinds(one)
+    # Only the replica count differs, and a disruption budget is added: same Pod template
+    # (so scaling rolls nothing), nothing replaced.
+    assert kinds(two) == sorted([*kinds(one), "PodDisruptionBudget"])
     assert "StatefulSet" not in kinds(two)
     deployment = only(two, "Deployment", FULLNAME)
     assert deployment["spec"]["replicas"] == 2
@@ -576,10 +744,11 @@ def test_lease_duration_is_whole_seconds(helm: Helm) -> None:
     assert "at '/leaderElection/leaseDurationSeconds'" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("key", ["leaderElection", "kubeRequestTimeoutSeconds"])
+@pytest.mark.parametrize("key", ["leaderElection", "kubeRequestTimeoutSeconds", "networkPolicy"])
 def test_values_without_the_new_keys_fail_with_the_upgrade_advice(helm: Helm, key: str) -> None:
-    # What `helm upgrade --reuse-values` from chart 0.1.x renders with: the old chart's
-    # values, which lack the new keys (`null` removes a key, as they were never there).
+    # What `helm upgrade --reuse-values` from an older chart renders with (0.1.x has neither
+    # of the first two keys, 0.2.x no networkPolicy): the old chart's values, which lack the
+    # new keys (`null` removes a key, as they were never there).
     result = helm("template", "ovs", str(CHART), "--set", f"{key}=null", check=False)
     assert result.returncode != 0
     assert f"{key} is missing from the values" in result.stderr, result.stderr
@@ -646,3 +815,343 @@ def test_existing_service_account(render: Render) -> None:
     assert only(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
     assert only(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "ops-sa"
     assert only(objects, "RoleBinding", LEASE_ROLE)["subjects"][0]["name"] == "ops-sa"
+
+
+# --- high availability: disruption budget and spreading ---------------------------------
+
+
+def _default_anti_affinity(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The chart's default: prefer a node without another replica of this release."""
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": selector},
+                    },
+                }
+            ]
+        }
+    }
+
+
+def test_one_replica_has_no_disruption_budget(render: Render) -> None:
+    # minAvailable 1 of 1 would block every drain of the operator's node.
+    assert "PodDisruptionBudget" not in kinds(render())
+
+
+@pytest.mark.parametrize("replicas", ["2", "5"])
+def test_ha_renders_a_disruption_budget_and_spreads_replicas(render: Render, replicas: str) -> None:
+    objects = render({"replicaCount": replicas})
+    deployment = only(objects, "Deployment", FULLNAME)
+    pdb = only(objects, "PodDisruptionBudget", FULLNAME)
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert pdb["spec"] == {
+        "minAvailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": deployment["spec"]["selector"],
+    }
+    pod = deployment["spec"]["template"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    affinity = pod["spec"]["affinity"]
+    assert affinity == _default_anti_affinity(deployment)
+    # The term selects this release's operator Pods, and only them.
+    term = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert selector["app.kubernetes.io/instance"] == "ovs"
+    assert selector.items() <= pod["metadata"]["labels"].items()
+
+
+def test_user_affinity_replaces_the_default(render: Render) -> None:
+    mine = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {}}
+            ]
+        }
+    }
+    for values in ({"affinity": mine}, {"affinity": mine, "replicaCount": "3"}):
+        pod = only(render(values), "Deployment")["spec"]["template"]
+        assert pod["spec"]["affinity"] == mine
+    node_only = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    pod = only(render({"affinity": node_only, "replicaCount": "2"}), "Deployment")
+    assert pod["spec"]["template"]["spec"]["affinity"] == node_only
+
+
+# --- watched namespaces: RBAC there and nowhere else ------------------------------------
+
+
+def _subjects(binding: dict[str, Any]) -> list[dict[str, Any]]:
+    subjects: list[dict[str, Any]] = binding["subjects"]
+    return subjects
+
+
+@pytest.mark.parametrize("replicas", ["1", "2"])
+def test_watch_namespaces_grant_roles_only_there(render: Render, replicas: str) -> None:
+    objects = render({"watchNamespaces": "{cameras,lobby}", "replicaCount": replicas})
+    # Nothing cluster-wide: no ClusterRole could grant Secrets or Pods elsewhere.
+    assert not {"ClusterRole", "ClusterRoleBinding"} & set(kinds(objects))
+    source = _rules(RBAC / "cluster-role.yaml")
+    sa = [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NAMESPACE}]
+    for ns in ("cameras", "lobby"):
+        role = only(objects, "Role", FULLNAME, namespace=ns)
+        assert role["rules"] == source
+        binding = only(objects, "RoleBinding", FULLNAME, namespace=ns)
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": FULLNAME,
+        }
+        assert _subjects(binding) == sa
+        assert in_namespace(objects, "Role", ns) == [FULLNAME]
+    # The release namespace, not watched: the default key's Secret, by name, and the Lease.
+    assert in_namespace(objects, "Role", RELEASE_NAMESPACE) == [KEY_ROLE, LEASE_ROLE]
+    key_role = only(objects, "Role", KEY_ROLE)
+    assert key_role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["overshoot-api-key"],
+            "verbs": ["get"],
+        }
+    ]
+    key_binding = only(objects, "RoleBinding", KEY_ROLE)
+    assert key_binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert key_binding["roleRef"]["name"] == KEY_ROLE
+    assert _subjects(key_binding) == sa
+    assert only(objects, "Role", LEASE_ROLE)["rules"] == only(render(), "Role", LEASE_ROLE)["rules"]
+    # The namespaced Roles grant exactly what the ClusterRole grants cluster-wide.
+    cluster_wide = only(render({"replicaCount": replicas}), "ClusterRole", FULLNAME)
+    assert cluster_wide["rules"] == source
+
+
+def test_default_key_role_names_the_configured_secret(render: Render) -> None:
+    values = {"watchNamespaces": "{cameras}", "defaultApiKeySecret.name": "ovs-key"}
+    role = only(render(values), "Role", KEY_ROLE)
+    assert [r["resourceNames"] for r in role["rules"]] == [["ovs-key"]]
+
+
+def test_watched_release_namespace_needs_no_key_role(render: Render) -> None:
+    # The watched namespace's Role already lets it read the Secret (and post Events) there.
+    objects = render({"watchNamespaces": f"{{cameras,{RELEASE_NAMESPACE}}}"})
+    assert in_namespace(objects, "Role", RELEASE_NAMESPACE) == [FULLNAME, LEASE_ROLE]
+    assert in_namespace(objects, "RoleBinding", RELEASE_NAMESPACE) == [FULLNAME, LEASE_ROLE]
+    assert only(objects, "Role", FULLNAME, namespace=RELEASE_NAMESPACE)["rules"] == _rules(
+        RBAC / "cluster-role.yaml"
+    )
+
+
+def test_watch_namespaces_with_rbac_create_false_render_no_rbac(render: Render) -> None:
+    objects = render({"watchNamespaces": "{cameras}", "rbac.create": "false"})
+    assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & set(kinds(objects))
+
+
+def test_watch_namespaces_with_an_existing_service_account(render: Render) -> None:
+    values = {
+        "watchNamespaces": "{cameras}",
+        "serviceAccount.create": "false",
+        "serviceAccount.name": "ops-sa",
+    }
+    objects = render(values)
+    for name, ns in ((FULLNAME, "cameras"), (KEY_ROLE, RELEASE_NAMESPACE)):
+        binding = only(objects, "RoleBinding", name, namespace=ns)
+        assert _subjects(binding) == [
+            {"kind": "ServiceAccount", "name": "ops-sa", "namespace": RELEASE_NAMESPACE}
+        ]
+
+
+# --- NetworkPolicy ------------------------------------------------------------------------
+
+
+def _policy_ports(rule: dict[str, Any]) -> list[tuple[str, int, int | None]]:
+    return [(p["protocol"], p["port"], p.get("endPort")) for p in rule.get("ports", [])]
+
+
+def test_network_policies_are_off_by_default(render: Render) -> None:
+    assert "NetworkPolicy" not in kinds(render())
+    assert "NetworkPolicy" not in kinds(render({"watchNamespaces": "{cameras}"}))
+
+
+def test_operator_network_policy(render: Render) -> None:
+    objects = render({"networkPolicy.enabled": "true", "ports.health": "18081"})
+    policy = only(objects, "NetworkPolicy", FULLNAME)
+    assert policy["metadata"]["namespace"] == RELEASE_NAMESPACE
+    spec = policy["spec"]
+    deployment = only(objects, "Deployment", FULLNAME)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"] == {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    # In: the two ports the container serves, and no other.
+    assert spec["ingress"] == [
+        {"ports": [{"port": 18081, "protocol": "TCP"}, {"port": 9090, "protocol": "TCP"}]}
+    ]
+    served = {p["containerPort"] for p in _container(objects)["ports"]}
+    assert {p["port"] for p in spec["ingress"][0]["ports"]} == served
+    # Out: DNS; the API server (no address given: any address on 443 and 6443); Overshoot.
+    assert spec["egress"] == [
+        DNS_EGRESS,
+        {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]},
+        {"ports": [{"port": 443, "protocol": "TCP"}]},
+    ]
+    # The operator's policy only: it watches the whole cluster, publishers could be anywhere.
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"] == [FULLNAME]
+
+
+def test_operator_network_policy_with_the_api_server_address(render: Render) -> None:
+    api_server = [
+        {"cidr": "10.0.0.10/32", "ports": [{"port": 6443}]},
+        {"cidr": "fd00::/64", "except": ["fd00::1/128"]},
+    ]
+    objects = render(
+        {"networkPolicy.enabled": "true", "networkPolicy.operator.apiServer": api_server}
+    )
+    egress = only(objects, "NetworkPolicy", FULLNAME)["spec"]["egress"]
+    assert egress[1:3] == [
+        {
+            "to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}],
+            "ports": [{"port": 6443, "protocol": "TCP"}],
+        },
+        # No ports: every port of that address.
+        {"to": [{"ipBlock": {"cidr": "fd00::/64", "except": ["fd00::1/128"]}}]},
+    ]
+    assert len(egress) == 4  # DNS, the two API server entries, Overshoot
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("https://api.overshoot.ai/v1", 443),
+        ("http://emulator.dev.svc:8000/v1beta", 8000),
+        ("http://emulator.dev.svc/v1", 80),
+        ("https://[fd00::5]:8443/v1", 8443),
+        ("https://[fd00::5]/v1", 443),
+    ],
+)
+def test_operator_network_policy_allows_the_api_urls_port(
+    render: Render, url: str, port: int
+) -> None:
+    objects = render({"networkPolicy.enabled": "true", "apiUrl": url})
+    egress = only(objects, "NetworkPolicy", FULLNAME)["spec"]["egress"]
+    assert egress[-1] == {"ports": [{"port": port, "protocol": "TCP"}]}
+
+
+def test_publisher_network_policy_in_each_watched_namespace(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = {"networkPolicy.enabled": "true", "watchNamespaces": "{cameras,lobby}"}
+    objects = render(values)
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in policies) == [
+        ("cameras", PUBLISHER_POLICY),
+        ("lobby", PUBLISHER_POLICY),
+        (RELEASE_NAMESPACE, FULLNAME),
+    ]
+    settings = _settings_from(_env(_container(objects)), monkeypatch)
+    for ns in ("cameras", "lobby"):
+        spec = only(objects, "NetworkPolicy", PUBLISHER_POLICY, namespace=ns)["spec"]
+        # Selects what the operator puts on every publisher Pod (and no operator Pod).
+        selector = spec["podSelector"]["matchLabels"]
+        assert selector.items() <= child_labels("lobby-cam").items()
+        operator_labels = only(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert not selector.items() <= operator_labels.items()
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        # In: the publisher's health port (the one the operator configures), from anywhere.
+        assert spec["ingress"] == [
+            {"ports": [{"port": settings.publisher_health_port, "protocol": "TCP"}]}
+        ]
+        # Out: DNS, LiveKit's ports on any address, and (sources unknown) everything.
+        dns, livekit, sources = spec["egress"]
+        assert dns == DNS_EGRESS
+        assert "to" not in livekit
+        assert _policy_ports(livekit) == [
+            ("TCP", 443, None),
+            ("TCP", 7881, None),
+            ("UDP", 3478, None),
+            ("UDP", 50000, 60000),
+        ]
+        assert sources == {}
+
+
+def test_publisher_network_policy_follows_the_publisher_health_port(render: Render) -> None:
+    values = {
+        "networkPolicy.enabled": "true",
+        "watchNamespaces": "{cameras}",
+        "publisher.healthPort": "8099",
+    }
+    spec = only(render(values), "NetworkPolicy", PUBLISHER_POLICY)["spec"]
+    assert spec["ingress"][0]["ports"] == [{"port": 8099, "protocol": "TCP"}]
+
+
+def test_publisher_network_policy_with_addresses(render: Render) -> None:
+    values = {
+        "networkPolicy.enabled": "true",
+        "watchNamespaces": "{cameras}",
+        "networkPolicy.publisher.healthFrom": ["10.1.0.0/16"],
+        "networkPolicy.publisher.livekit": [
+            {
+                "cidr": "203.0.113.0/24",
+                "ports": [{"port": 50000, "endPort": 60000, "protocol": "UDP"}],
+            }
+        ],
+        "networkPolicy.publisher.sources": [
+            {"cidr": "10.0.0.0/24", "ports": [{"port": 554}]},
+            {"cidr": "198.51.100.7/32"},
+        ],
+    }
+    spec = only(render(values), "NetworkPolicy", PUBLISHER_POLICY)["spec"]
+    assert spec["ingress"] == [
+        {
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+            "from": [{"ipBlock": {"cidr": "10.1.0.0/16"}}],
+        }
+    ]
+    assert spec["egress"] == [
+        DNS_EGRESS,
+        {
+            "to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+            "ports": [{"port": 50000, "endPort": 60000, "protocol": "UDP"}],
+        },
+        {"to": [{"ipBlock": {"cidr": "10.0.0.0/24"}}], "ports": [{"port": 554, "protocol": "TCP"}]},
+        {"to": [{"ipBlock": {"cidr": "198.51.100.7/32"}}]},
+    ]
+
+
+def test_publisher_network_policy_namespaces_when_cluster_wide(render: Render) -> None:
+    values = {"networkPolicy.enabled": "true", "networkPolicy.publisher.namespaces": "{cams,lab}"}
+    objects = render(values)
+    assert in_namespace(objects, "NetworkPolicy", "cams") == [PUBLISHER_POLICY]
+    assert in_namespace(objects, "NetworkPolicy", "lab") == [PUBLISHER_POLICY]
+    # With watchNamespaces the watched ones win: a publisher runs only where a stream is served.
+    objects = render({**values, "watchNamespaces": "{cameras}"})
+    assert sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "NetworkPolicy") == [
+        "cameras",
+        RELEASE_NAMESPACE,
+    ]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"networkPolicy.operator.apiServer": [{"cidr": "10.0.0.10"}]},  # no prefix length
+        {"networkPolicy.operator.apiServer": [{"ports": [{"port": 6443}]}]},  # no cidr
+        {"networkPolicy.operator.apiServer": [{"cidr": "10.0.0.0/8", "port": 6443}]},
+        {"networkPolicy.publisher.livekit": [{"cidr": "0.0.0.0/0", "ports": [{"port": 0}]}]},
+        {
+            "networkPolicy.publisher.sources": [
+                {"cidr": "0.0.0.0/0", "ports": [{"port": 554, "protocol": "ICMP"}]}
+            ]
+        },
+        {"networkPolicy.publisher.healthFrom": ["nodes"]},
+        {"networkPolicy.publisher.namespaces": ["Cameras"]},
+        {"networkPolicy.egress": []},
+    ],
+)
+def test_schema_rejects_bad_network_policy_values(helm: Helm, values: dict[str, Any]) -> None:
+    result = helm("template", "ovs", str(CHART), *set_args(values), check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
