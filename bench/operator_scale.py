@@ -847,6 +847,8 @@ def main() -> int:
                 "publisher_image": "overshoot-operator:bench",
                 "keepalive_interval_seconds": str(args.keepalive_interval),
                 "api_max_per_second": str(max_per_second),
+                # As the Helm chart runs it: the Lease is renewed every 2 s.
+                "leader_election": "true",
             },
             log_path=workdir / "operator.log",
         ).start()

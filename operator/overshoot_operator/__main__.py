@@ -126,7 +126,7 @@ async def _serve(
 
     controller.start()
     handlers.install(controller, kubeconfig=kubeconfig)
-    kopf_stop = asyncio.Event()
+    kopf_stop, kopf_ready = asyncio.Event(), asyncio.Event()
     operator = asyncio.create_task(
         kopf.operator(
             settings=handlers.kopf_settings(settings),
@@ -134,9 +134,11 @@ async def _serve(
             namespaces=settings.namespaces,
             standalone=True,
             stop_flag=kopf_stop,
+            ready_flag=kopf_ready,
         ),
         name="kopf",
     )
+    signals = asyncio.create_task(_take_back_signals(kopf_ready, stop), name="signals")
     waiters = {operator, asyncio.create_task(stop.wait(), name="stop")}
     if isinstance(leader, Leadership):
         waiters.add(asyncio.create_task(leader.hold(stop), name="leader"))
@@ -145,19 +147,30 @@ async def _serve(
     lost = leader.role is Role.LOST
     if lost:
         logger.error("Stopping: this replica no longer holds %s", leader.what)
-    # Stop acting before anything else (the leader gate already refuses a lost replica).
+    # Stop acting before anything else (the leader gate already refuses a lost replica),
+    # then hand the Lease over at once: kopf's watches act on nothing, and their shutdown
+    # can take seconds.
     await controller.stop()
+    metrics.LEADER.set(0)
+    if not lost:
+        await _release(leader)
     kopf_stop.set()
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(operator, STOP_TIMEOUT_SECONDS)
-    for task in waiters:
+    for task in (*waiters, signals):
         task.cancel()
-    metrics.LEADER.set(0)
-    if lost:
-        return 1
-    await _release(leader)
     failed = operator.done() and not operator.cancelled() and operator.exception() is not None
-    return 1 if failed else 0
+    return 1 if lost or failed else 0
+
+
+async def _take_back_signals(kopf_ready: asyncio.Event, stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT go to `stop`, not to kopf, which installs its own as it starts:
+    a stop must first stop the controller and release the leader Lease, then stop kopf
+    (whose shutdown waits seconds for tasks it did not start)."""
+    await kopf_ready.wait()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
 
 
 async def _release(leader: Leadership | AlwaysLeading) -> None:
@@ -179,7 +192,8 @@ async def _wait_for_crd(kube: Kube, stop: asyncio.Event) -> bool:
             logger.info("Waiting for the CRD %s to be served (%s)", res.CRD_NAME, why)
             logged = True
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), CRD_POLL_SECONDS)
+            async with asyncio.timeout(CRD_POLL_SECONDS):
+                await stop.wait()
     return False
 
 

@@ -325,4 +325,5 @@ Gate = Leadership | AlwaysLeading
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):  # no extra task (see schedule.DueQueue)
+            await stop.wait()

@@ -180,5 +180,9 @@ class DueQueue(Generic[K]):
                 self._heap = [(w, s, k) for k, (w, s) in self._due.items()]
                 heapq.heapify(self._heap)
             timeout = self._heap[0][0] - now if self._heap else None
+            # asyncio.timeout, not wait_for: wait_for wraps the wait in a task of its own,
+            # and kopf's shutdown waits 5 s for every task it does not know before it
+            # cancels them (a stopping leader would hold its Lease that much longer).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
