@@ -305,7 +305,12 @@ def add_big_node(admin: Admin) -> None:
     """One more kwok Node with room for every publisher Pod (the default ones hold 110)."""
     key, value = localcluster.KWOK_NODE_ANNOTATION
     label_key, label_value = localcluster.KWOK_NODE_LABEL
-    capacity = {"cpu": "100000", "memory": "100000Gi", "pods": "50000"}
+    capacity = {
+        "cpu": "100000",
+        "memory": "100000Gi",
+        "pods": "50000",
+        "ephemeral-storage": "100000Gi",
+    }
     node = {
         "apiVersion": "v1",
         "kind": "Node",

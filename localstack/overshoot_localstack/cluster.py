@@ -103,6 +103,11 @@ def _remove_orphaned_workdirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+# What each kwok Node reports. ephemeral-storage too, as every kubelet does: without it the
+# scheduler refuses any Pod that requests some ("Insufficient ephemeral-storage").
+NODE_RESOURCES = {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+
+
 class ControlPlaneError(RuntimeError):
     """The control plane could not be started; the message carries the failing log's tail."""
 
@@ -798,8 +803,8 @@ class ControlPlane:
                     # A Node may carry status on create (a kubelet registers this way); kwok
                     # keeps allocatable and fills in conditions, addresses and nodeInfo.
                     "status": {
-                        "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-                        "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                        "allocatable": NODE_RESOURCES,
+                        "capacity": NODE_RESOURCES,
                     },
                 }
                 response = client.post(f"{self.server}/api/v1/nodes", json=node)

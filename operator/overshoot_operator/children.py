@@ -18,6 +18,7 @@ Boundary: manifests.py to build, kube.py to write.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from enum import Enum
 
@@ -97,6 +98,14 @@ class Children:
         entry.pod_cache = desired
         return desired
 
+    async def admit_pod(self, entry: Entry, observed: Observed, spec: res.EffectiveSpec) -> None:
+        """Raise KubeError (`refused`) unless admission would let the Pod for this spec be
+        created: a server-side dry run, so no remote stream is paid for a Pod the cluster
+        refuses. A Pod of that name existing already (409) means admission passed."""
+        desired = self.desired_pod(entry, observed, spec)
+        with contextlib.suppress(ConflictError):
+            await self._kube.create_pod(desired.manifest, dry_run=True)
+
     async def ensure_pod(
         self, entry: Entry, observed: Observed, spec: res.EffectiveSpec
     ) -> PodState:
@@ -126,6 +135,10 @@ class Children:
             return PodState.WAITING
         foreign = pod.owner_uid is not None and pod.owner_uid != observed.uid
         if foreign or pod.lost or pod.config_hash != desired.config_hash:
+            if not foreign and not pod.lost:
+                # The running Pod goes only once its successor would be admitted: a spec
+                # the cluster refuses leaves the old publisher publishing, and says so.
+                await self.admit_pod(entry, observed, spec)
             await self._kube.delete_pod(observed.namespace, name, uid=pod.uid)
             logger.info("Deleted Pod %s/%s to replace it", observed.namespace, name)
             return PodState.WAITING
@@ -144,9 +157,7 @@ class Children:
         await self._kube.delete_secret(observed.namespace, res.publish_secret_name(observed.name))
 
 
-def pod_problem(err: KubeError, observed: Observed) -> dec.Problem:
+def child_problem(err: KubeError, observed: Observed, *, child: str) -> dec.Problem:
     if err.refused:
-        return dec.publisher_rejected(
-            err, owner=observed.owner, pod=res.publisher_pod_name(observed.name)
-        )
+        return dec.publisher_rejected(err, owner=observed.owner, child=child)
     return dec.problem_from_error(err, owner=observed.owner, api_key_ref="")

@@ -50,12 +50,13 @@ def top_problem(problems: dict[str, Problem]) -> Problem | None:
     return next((p for p in ordered if p.user_fixable), ordered[0] if ordered else None)
 
 
-def publisher_rejected(err: KubeError, *, owner: str, pod: str) -> Problem:
-    """The API server or an admission plugin refused the publisher Pod (Pod Security, a
-    ResourceQuota, a LimitRange, a webhook): only a change of spec or namespace helps."""
+def publisher_rejected(err: KubeError, *, owner: str, child: str) -> Problem:
+    """The API server or an admission plugin refused the publisher Pod or its Secret (Pod
+    Security, a ResourceQuota, a LimitRange, a webhook): only a change of spec or of the
+    namespace's policy helps."""
     return Problem(
         "PublisherRejected",
-        f"{owner}: the cluster refused publisher Pod {pod}: {err}; change spec.publisher or "
+        f"{owner}: the cluster refused {child}: {err}; change spec.publisher or "
         "spec.source, or the namespace's policy",
         True,
         USER_FIX_RETRY_SECONDS * 4,

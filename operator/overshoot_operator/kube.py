@@ -270,14 +270,20 @@ class Kube:
             return None
         return pod
 
-    async def create_pod(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    async def create_pod(
+        self, manifest: Mapping[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Create the Pod; `dry_run` asks admission (Pod Security, quotas, LimitRanges,
+        webhooks) without creating anything."""
         meta = manifest["metadata"]
+        extra: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
         pod: dict[str, Any] = await self._call(
-            f"Create Pod {meta['namespace']}/{meta['name']}",
+            f"Create Pod {meta['namespace']}/{meta['name']}" + (" (dry run)" if dry_run else ""),
             self._core.create_namespaced_pod,
             meta["namespace"],
             dict(manifest),
             write=True,
+            **extra,
         )
         return pod
 

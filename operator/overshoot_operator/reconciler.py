@@ -38,7 +38,7 @@ from overshoot_operator import overshoot as ov
 from overshoot_operator import resource as res
 from overshoot_operator import schedule as sch
 from overshoot_operator.apikeys import SecretReader
-from overshoot_operator.children import Children, PodState, pod_problem
+from overshoot_operator.children import Children, PodState, child_problem
 from overshoot_operator.events import EventRecorder
 from overshoot_operator.kube import ConflictError, Kube, KubeError, NotFoundError, SecretProblem
 from overshoot_operator.leader import Gate, NotLeading, Role
@@ -123,10 +123,12 @@ class Controller:
                 requests={
                     "cpu": settings.publisher_cpu_request,
                     "memory": settings.publisher_memory_request,
+                    "ephemeral-storage": settings.publisher_ephemeral_storage_request,
                 },
                 limits={
                     "cpu": settings.publisher_cpu_limit,
                     "memory": settings.publisher_memory_limit,
+                    "ephemeral-storage": settings.publisher_ephemeral_storage_limit,
                 },
             ),
         )
@@ -423,6 +425,8 @@ class Controller:
             )
             if outcome is not _Resume.CREATE:
                 return
+        if not await self._admitted(entry, observed, spec):
+            return
         leaked = observed.creating_annotation if recorded is None else None
         await self._create(entry, observed, spec, api_key, leaked_mark=leaked)
 
@@ -759,7 +763,8 @@ class Controller:
                 try:
                     await self.children.write_secret(observed, held)
                 except KubeError as err:
-                    self._kube_problem(entry, observed, err)
+                    secret = f"Secret {observed.namespace}/{res.publish_secret_name(observed.name)}"
+                    await self._child_failed(entry, observed, err, child=secret)
                     return
         try:
             state = await self.children.ensure_pod(entry, observed, spec)
@@ -769,22 +774,95 @@ class Controller:
             )
             return
         except KubeError as err:
-            if err.namespace_terminating:
-                # The namespace controller is deleting everything in it, this resource
-                # too: its deletion comes next, there is nothing to report.
-                entry.wake(self._now() + KUBE_RETRY_SECONDS)
-                return
-            problem = pod_problem(err, observed)
-            entry.set_problem("publisher" if err.refused else "kube", problem)
-            entry.wake(self._now() + problem.retry_in)
+            pod = f"publisher Pod {observed.namespace}/{res.publisher_pod_name(observed.name)}"
+            await self._child_failed(entry, observed, err, child=pod)
             return
         entry.set_problem("spec", None)
         entry.set_problem("publisher", None)
         entry.set_problem("kube", None)
+        entry.rejected_since = None
         if state is PodState.WAITING:
             entry.wake(self._now() + 2.0)
         else:
             entry.synced_generation = observed.generation
+
+    async def _child_failed(
+        self, entry: Entry, observed: Observed, err: KubeError, *, child: str
+    ) -> None:
+        """A Secret or Pod write failed. A refusal by the cluster (admission, quota) is a
+        problem for the user; while nothing publishes because of it, the paid stream is
+        kept at most `publisher_rejected_release_seconds`."""
+        if err.namespace_terminating:
+            # The namespace controller is deleting everything in it, this resource too:
+            # its deletion comes next, there is nothing to report.
+            entry.wake(self._now() + KUBE_RETRY_SECONDS)
+            return
+        problem = child_problem(err, observed, child=child)
+        if not err.refused:
+            entry.set_problem("kube", problem)
+            entry.wake(self._now() + KUBE_RETRY_SECONDS)
+            return
+        entry.set_problem("publisher", problem)
+        if entry.pod is not None:
+            # An older Pod still publishes (a replacement was refused): keep the stream.
+            entry.wake(self._now() + problem.retry_in)
+            return
+        now = self.clock()
+        entry.rejected_since = entry.rejected_since or now
+        waited = (now - entry.rejected_since).total_seconds()
+        bound = self.settings.publisher_rejected_release_seconds
+        if waited < bound:
+            entry.wake(self._now() + min(problem.retry_in, bound - waited))
+            return
+        held = entry.held
+        stream_id = held.stream_id if held else "?"
+        await self._release(entry, observed, None, why="the cluster refused its publisher")
+        self.events.warning(
+            observed.ref(),
+            "StreamReleased",
+            f"Released remote stream {stream_id}: no publisher could run for {waited:.0f}s "
+            f"({problem.message}); a new stream is created once the cluster would admit "
+            "the Pod (checked with a dry run, at once when the spec changes)",
+        )
+        entry.rejected_since = None
+        entry.admitted_generation = None
+        entry.create_failures += 1
+        entry.create_after = self._now() + self._admission_backoff(entry)
+
+    def _admission_backoff(self, entry: Entry) -> float:
+        return sch.backoff_delay(entry.create_failures, base=30.0, cap=600.0, rng=self.rng)
+
+    async def _admitted(self, entry: Entry, observed: Observed, spec: res.EffectiveSpec) -> bool:
+        """Before a create: would the cluster admit the publisher Pod? Asked once per
+        generation with a dry run (a Pod that exists already was admitted), so a stream is
+        never paid for a Pod that Pod Security or a quota refuses."""
+        if entry.pod is not None or entry.admitted_generation == observed.generation:
+            return True
+        try:
+            await self.children.admit_pod(entry, observed, spec)
+        except manifests.ManifestError as err:
+            entry.set_problem(
+                "spec", dec.Problem("InvalidSpec", str(err), True, dec.USER_FIX_RETRY_SECONDS)
+            )
+            entry.create_after = self._now() + dec.USER_FIX_RETRY_SECONDS
+            return False
+        except KubeError as err:
+            if err.namespace_terminating:
+                entry.create_after = self._now() + KUBE_RETRY_SECONDS
+                return False
+            pod = f"publisher Pod {observed.namespace}/{res.publisher_pod_name(observed.name)}"
+            problem = child_problem(err, observed, child=pod)
+            if err.refused:
+                entry.set_problem("publisher", problem)
+                entry.create_failures += 1
+                entry.create_after = self._now() + self._admission_backoff(entry)
+            else:
+                entry.set_problem("kube", problem)
+                entry.create_after = self._now() + KUBE_RETRY_SECONDS
+            return False
+        entry.admitted_generation = observed.generation
+        entry.set_problem("publisher", None)
+        return True
 
     # ---- releasing -------------------------------------------------------------------
 

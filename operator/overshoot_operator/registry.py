@@ -251,6 +251,10 @@ class Entry:
     spec_cache: tuple[int, res.EffectiveSpec | str] | None = None
     # The Pod rendered for the current generation (rendering per pass is wasted CPU).
     pod_cache: DesiredPod | None = None
+    # The generation whose publisher Pod admission accepted (a dry run before a create).
+    admitted_generation: int | None = None
+    # Since when the cluster refuses the publisher while no Pod publishes (wall time).
+    rejected_since: datetime | None = None
 
     @property
     def owner(self) -> str:

@@ -34,6 +34,13 @@ class OperatorSettings(BaseSettings):
     publisher_memory_request: str = "128Mi"
     publisher_cpu_limit: str = "1"
     publisher_memory_limit: str = "384Mi"
+    # Scratch space: the publisher's /tmp (an emptyDir of 64Mi) and its logs.
+    publisher_ephemeral_storage_request: str = "64Mi"
+    publisher_ephemeral_storage_limit: str = "256Mi"
+    # How long a remote stream is kept while the cluster refuses its publisher Pod (Pod
+    # Security, a quota, a LimitRange, a webhook) and no Pod publishes: then it is
+    # released, and created again once a dry run shows the Pod would be admitted.
+    publisher_rejected_release_seconds: Annotated[float, Field(ge=0, le=3600)] = 120.0
     publisher_health_port: int = 8080
 
     # Keepalive cadence when a resource names none: the docs advise about every 2 minutes.

@@ -15,13 +15,8 @@ from typing import Any
 import pytest
 import yaml
 from chartkit import CHART, KUBE_VERSION, RELEASE_NAMESPACE, Helm, Render, set_args
-from kubernetes import client
 
-from fixtures.cluster import wait_for
 from overshoot_localstack import binaries
-
-# What the kwok Nodes are given to offer besides their CPU, memory and Pods.
-NODE_EPHEMERAL_STORAGE = "100Gi"
 
 
 @pytest.fixture(scope="session")
@@ -91,27 +86,3 @@ def render(helm: Helm) -> Render:
         return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
     return run
-
-
-@pytest.fixture(scope="session")
-def node_ephemeral_storage(kube_api: client.ApiClient) -> None:
-    """The session's kwok Nodes report ephemeral-storage, as every kubelet does.
-
-    The local stack's fake Nodes report only cpu, memory and pods; the chart's operator Pod
-    requests ephemeral-storage, which the scheduler refuses on a Node that reports none
-    ("Insufficient ephemeral-storage"). kwok keeps a Node's status as written, so this is
-    patched once for the session (adding capacity never changes other tests' Pods).
-    """
-    core = client.CoreV1Api(kube_api)
-    storage = {"ephemeral-storage": NODE_EPHEMERAL_STORAGE}
-    for node in core.list_node().items:
-        core.patch_node_status(
-            node.metadata.name, {"status": {"capacity": storage, "allocatable": storage}}
-        )
-    wait_for(
-        lambda: all(
-            (n.status.allocatable or {}).get("ephemeral-storage") == NODE_EPHEMERAL_STORAGE
-            for n in core.list_node().items
-        ),
-        what=f"every Node to report {NODE_EPHEMERAL_STORAGE} of ephemeral-storage",
-    )

@@ -93,10 +93,8 @@ def release(
     kube_api: client.ApiClient,
     namespace: str,
     helm: Helm,
-    node_ephemeral_storage: None,
 ) -> Iterator[Release]:
-    """A release name in the test's namespace; uninstalled afterwards if still installed.
-    The Nodes offer ephemeral-storage, which the operator Pod requests."""
+    """A release name in the test's namespace; uninstalled afterwards if still installed."""
     rel = Release(f"ovs-{uuid.uuid4().hex[:6]}", namespace, cluster.kubeconfig)
     _adopt_crd(kube_api, rel.name, rel.namespace)
     yield rel

@@ -241,3 +241,37 @@ def test_scheme_regexes(schema: Node, source: str, url: str, accepted: bool) -> 
 def test_file_dot_segments_regex(schema: Node, path: str, refused: bool) -> None:
     dots = _regexes(_rules(schema, ".spec.source.file"))[0]
     assert bool(re.search(dots, path)) is refused
+
+
+def _undocumented(node: Any, path: str) -> list[str]:
+    """Every schema node under `path` without a description (kubectl explain shows
+    those as blank)."""
+    if not isinstance(node, dict):
+        return []
+    found = [path] if path and "description" not in node else []
+    for key, child in (node.get("properties") or {}).items():
+        found += _undocumented(child, f"{path}.{key}" if path else key)
+    if "items" in node:
+        found += _undocumented(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        found += _undocumented(node["additionalProperties"], f"{path}{{}}")
+    return found
+
+
+def test_every_field_of_the_crd_has_a_description() -> None:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    for version in crd["spec"]["versions"]:
+        # The API server refuses anything but name and generateName under metadata, a
+        # description included; kubectl explain documents ObjectMeta itself.
+        undocumented = _undocumented(version["schema"]["openAPIV3Schema"], "")
+        assert undocumented == ["metadata"], version["name"]
+
+
+def test_host_path_says_pod_security_forbids_it() -> None:
+    crd = yaml.safe_load(CRD_PATH.read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    volume = schema["properties"]["spec"]["properties"]["source"]["properties"]["file"][
+        "properties"
+    ]["volume"]["properties"]
+    text = " ".join(volume["hostPath"]["description"].split())
+    assert "baseline and restricted Pod Security levels forbid" in text

@@ -456,7 +456,7 @@ def test_problem_sources_order() -> None:
 
 def test_publisher_rejected() -> None:
     err = KubeError("Create Pod ns/lobby-publisher failed: 403 Forbidden: violates PodSecurity")
-    problem = dec.publisher_rejected(err, owner=OWNER, pod="lobby-publisher")
+    problem = dec.publisher_rejected(err, owner=OWNER, child="publisher Pod ns/lobby-publisher")
     assert problem.reason == "PublisherRejected"
     assert problem.user_fixable is True
     assert problem.retry_in == dec.USER_FIX_RETRY_SECONDS * 4

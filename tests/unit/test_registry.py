@@ -333,13 +333,15 @@ def test_new_incarnation_resets_everything_but_key_observed_and_pod() -> None:
     e.create_failures = 2
     e.wake_at = 3.0
     e.leak_announced = "t"
-    e.announced = ("R", "m")
+    e.announced = "R"
     e.children_removed = True
     e.vanished_at = datetime(2026, 3, 1, tzinfo=UTC)
     e.phase = "Publishing"
     e.refresh_seen = "1"
     e.spec_cache = (1, "bad spec")
     e.pod_cache = DesiredPod(generation=1, manifest={}, config_hash="h")
+    e.admitted_generation = 1
+    e.rejected_since = datetime(2026, 3, 1, tzinfo=UTC)
     fresh = Entry(KEY)
     # Every field was set to something else, so the test covers every field.
     changed = {n for n in Entry.__slots__ if getattr(e, n) != getattr(fresh, n)}
