@@ -1,6 +1,7 @@
 """Builds and caches the real binaries the local stack runs: the Kubernetes control plane,
-etcd, kwok, helm, the LiveKit server, toxiproxy (the TCP fault proxy of `faultproxy.py`) and
-the Argo CD CLI (its Lua engine checks deploy/argocd/ in tests/argocd).
+etcd, kwok, helm, the LiveKit server, toxiproxy (the TCP fault proxy of `faultproxy.py`), the
+Argo CD CLI (its Lua engine checks deploy/argocd/ in tests/argocd), and the manifest linters
+kubeconform and kube-score (tests/lint checks deploy/ and examples/ with them).
 
 Boundary: the Go toolchain and the cache directory. Nothing here starts a process other
 than `go`; the harnesses in `cluster.py`, `livekit.py` and `faultproxy.py` only ask
@@ -45,6 +46,10 @@ TOXIPROXY_VERSION = "v2.12.0"
 # The newest Argo CD the proxy can build: v3.3 and later need a nested ./gitops-engine module
 # the proxy does not serve, and v3.2.12 does not compile.
 ARGOCD_VERSION = "v3.2.11"
+# The manifest linters of tests/lint; both listed by `go list -m -versions`. kubeconform
+# v0.8.0's go.mod asks for Go 1.26.
+KUBECONFORM_VERSION = "v0.8.0"
+KUBE_SCORE_VERSION = "v1.20.0"
 
 
 class BuildError(RuntimeError):
@@ -145,6 +150,22 @@ COMPONENTS: dict[str, Component] = {
             # `argocd version --client` says v3.2.11+unknown, not v99.99.99+unknown.
             "-s -w -X github.com/argoproj/argo-cd/v3/common.version=" + ARGOCD_VERSION.lstrip("v"),
             copy_go_sum=True,
+        ),
+        Component(
+            "kubeconform",
+            "github.com/yannh/kubeconform",
+            KUBECONFORM_VERSION,
+            {"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"},
+            # `kubeconform -v` says v0.8.0, not "development".
+            f"-s -w -X main.version={KUBECONFORM_VERSION}",
+        ),
+        Component(
+            "kube-score",
+            "github.com/zegl/kube-score",
+            KUBE_SCORE_VERSION,
+            {"kube-score": "github.com/zegl/kube-score/cmd/kube-score"},
+            # `kube-score version` says 1.20.0, not "development".
+            f"-s -w -X main.version={KUBE_SCORE_VERSION.lstrip('v')}",
         ),
     ]
 }
