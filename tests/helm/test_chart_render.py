@@ -15,6 +15,7 @@ import pytest
 import yaml
 from chartkit import (
     CHART,
+    MAXIMAL,
     RELEASE_NAMESPACE,
     ROOT,
     Helm,
@@ -84,68 +85,6 @@ NON_DEFAULT: dict[str, Any] = {
     "ports.health": "18081",
     "ports.metrics": "19090",
     "image.tag": "1.2.3",
-}
-# Every optional object rendered, every list and map filled (a values file, not --set).
-MAXIMAL: dict[str, Any] = {
-    "replicaCount": 3,
-    "image": {"repository": "registry.local/ovs", "tag": "1.2.3", "pullPolicy": "Always"},
-    "imagePullSecrets": [{"name": "regcred"}],
-    "crds": {"install": True, "keep": True},
-    "serviceAccount": {"create": True, "name": "ovs-sa", "annotations": {"iam/role": "x"}},
-    "watchNamespaces": ["cameras", "lobby", "cams-eu"],
-    "defaultApiKeySecret": {"name": "ovs-key", "key": "token"},
-    "verbose": True,
-    "resources": {
-        "requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "128Mi"},
-        "limits": {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "512Mi"},
-    },
-    "podSecurityContext": {"fsGroup": 65532},
-    "podAnnotations": {"team": "video"},
-    "podLabels": {"team": "video"},
-    "priorityClassName": "system-cluster-critical",
-    "nodeSelector": {"kubernetes.io/os": "linux"},
-    "tolerations": [{"key": "video", "operator": "Exists", "effect": "NoSchedule"}],
-    "affinity": {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [
-                    {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ops"]}]}
-                ]
-            }
-        }
-    },
-    "metrics": {
-        "scrapeAnnotations": True,
-        "serviceMonitor": {"enabled": True, "scrapeTimeout": "10s", "labels": {"r": "p"}},
-        "podMonitor": {"enabled": True, "scrapeTimeout": "10s", "labels": {"r": "p"}},
-    },
-    "networkPolicy": {
-        "enabled": True,
-        "operator": {
-            "apiServer": [
-                {"cidr": "10.0.0.10/32", "ports": [{"port": 6443}]},
-                {"cidr": "fd00::/64", "except": ["fd00::1/128"], "ports": [{"port": 443}]},
-            ]
-        },
-        "publisher": {
-            "namespaces": ["ignored-when-watching"],
-            "healthFrom": ["10.1.0.0/16", "fd01::/64"],
-            "livekit": [
-                {
-                    "cidr": "203.0.113.0/24",
-                    "ports": [
-                        {"port": 443},
-                        {"port": 7881, "protocol": "TCP"},
-                        {"port": 50000, "endPort": 60000, "protocol": "UDP"},
-                    ],
-                }
-            ],
-            "sources": [
-                {"cidr": "10.0.0.0/24", "except": ["10.0.0.1/32"], "ports": [{"port": 554}]},
-                {"cidr": "198.51.100.7/32"},
-            ],
-        },
-    },
 }
 
 

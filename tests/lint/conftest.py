@@ -28,9 +28,15 @@ if str(HELM_TESTS) not in sys.path:
     sys.path.insert(0, str(HELM_TESTS))
 
 import kubeschemas  # noqa: E402
-from chartkit import CHART, KUBE_VERSION, RELEASE_NAMESPACE, ROOT, Helm  # noqa: E402
+from chartkit import (  # noqa: E402
+    CHART,
+    KUBE_VERSION,
+    MAXIMAL,
+    RELEASE_NAMESPACE,
+    ROOT,
+    Helm,
+)
 from linters import Kubeconform, KubeScore  # noqa: E402
-from test_chart_render import MAXIMAL  # noqa: E402
 
 from overshoot_localstack import binaries  # noqa: E402
 
