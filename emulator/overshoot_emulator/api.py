@@ -100,8 +100,12 @@ def _bearer_digest(request: web.Request) -> str | None:
 
 
 async def create_stream(request: web.Request) -> web.Response:
+    # The body is read before any latency, as a real server has the request in hand before
+    # it works on it: a client that goes away while the create is slow (a killed operator)
+    # still gets its stream made, the case a lost create response stands for.
+    raw = await request.read() if request.can_read_body else b""
     emulator, owner = await admit(request, "create")
-    await _read_optional_object(request)
+    _check_optional_object(raw)
     try:
         stream = emulator.store.create(owner)
     except LimitReached as exc:
@@ -164,12 +168,9 @@ def _lookup(emulator: Emulator, request: web.Request, owner: str) -> Stream:
         raise Abort(detail(404, NOT_FOUND)) from exc
 
 
-async def _read_optional_object(request: web.Request) -> None:
+def _check_optional_object(raw: bytes) -> None:
     # The docs send no body, Overshoot's own client sends `{}`: accept both, and any
     # object (there are no create options to read). Anything else is a validation error.
-    if not request.can_read_body:
-        return
-    raw = await request.read()
     if not raw.strip():
         return
     try:
