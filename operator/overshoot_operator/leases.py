@@ -75,16 +75,8 @@ class Leases:
     async def create(self, api_key: SecretStr, *, uid: str, interval: float) -> Held:
         """POST /streams: a new stream whose id is not yet written down anywhere."""
         created = await self.client.create_stream(api_key)
-        held = Held(
-            stream_id=created.id,
-            uid=uid,
-            api_key=api_key,
-            expires_at_ms=created.expires_at_ms,
-            recorded=False,
-            publish=created.publish,
-            secret_stream_id=None,
-            keepalive_at=0.0,
-        )
+        held = Held(created.id, uid, api_key, created.expires_at_ms, recorded=False)
+        held.publish = created.publish
         held.keepalive_at = self.next_keepalive_at(held, interval=interval)
         return held
 
@@ -111,16 +103,7 @@ class Leases:
     async def adopt(self, api_key: SecretStr, stream_id: str, *, uid: str, interval: float) -> Held:
         """Take over a stream known by id (stored in status, or an annotation) with a
         keepalive, which proves it alive and brings a token."""
-        held = Held(
-            stream_id=stream_id,
-            uid=uid,
-            api_key=api_key,
-            expires_at_ms=0,
-            recorded=True,
-            publish=None,
-            secret_stream_id=None,
-            keepalive_at=self._loop_time(),
-        )
+        held = Held(stream_id, uid, api_key, expires_at_ms=0, keepalive_at=self._loop_time())
         await self.renew(held, interval=interval)
         return held
 
@@ -135,16 +118,7 @@ class Leases:
     ) -> Held:
         """A stored lease that is comfortably alive, resumed without any call: its next
         keepalive is scheduled from the stored expiry (restarts spread themselves)."""
-        held = Held(
-            stream_id=stream_id,
-            uid=uid,
-            api_key=api_key,
-            expires_at_ms=expires_at_ms,
-            recorded=True,
-            publish=None,
-            secret_stream_id=stream_id,
-            keepalive_at=0.0,
-        )
+        held = Held(stream_id, uid, api_key, expires_at_ms, secret_stream_id=stream_id)
         held.keepalive_at = self.next_keepalive_at(held, interval=interval)
         return held
 

@@ -180,13 +180,13 @@ class Held:
     api_key: SecretStr
     expires_at_ms: int
     # Whether the id is written down on the resource (annotation and status: invariant 2).
-    recorded: bool
+    recorded: bool = True
     # The newest token, not yet in the publish Secret.
-    publish: ov.PublishInfo | None
+    publish: ov.PublishInfo | None = None
     # The stream id the publish Secret is known to carry (None: not known, read it).
-    secret_stream_id: str | None
+    secret_stream_id: str | None = None
     # Loop time of the next keepalive.
-    keepalive_at: float
+    keepalive_at: float = 0.0
     last_keepalive: datetime | None = None
 
 
