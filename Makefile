@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test unit lint demo binaries cluster-up cluster-down clean chart-sync
+.PHONY: setup test unit lint demo binaries image cluster-up cluster-down clean chart-sync
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,13 @@ $(VENV)/.installed: pyproject.toml
 # Build (or reuse from the cache) every Go binary the tests run.
 binaries: setup
 	$(BIN)/overshoot-localstack build
+
+# The image from the Dockerfile, with no Docker engine or registry: Debian's buildah and runc
+# (apt-installed when missing, with debootstrap), on a bookworm base made by debootstrap.
+# Both live in buildah's storage and are rebuilt only when missing or when the build context
+# changed; prints the image and the OCI archive of it for `ctr images import`. Needs root.
+image: setup
+	$(BIN)/overshoot-localstack image
 
 # The whole suite: lint, types, unit, contract, integration and e2e tiers.
 test: setup binaries lint

@@ -1,7 +1,8 @@
-"""`overshoot-localstack`: build the binaries and run the local stack by hand.
+"""`overshoot-localstack`: build the binaries and the image, and run the local stack by hand.
 
 Boundary: argument dispatch only; each command lives in its own module (`binaries`,
-`cluster`, `demo`) and is imported lazily so `build` works before anything else is installed.
+`image`, `cluster`, `demo`) and is imported lazily so `build` works before anything else is
+installed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ USAGE = """usage: overshoot-localstack COMMAND ...
 
 commands:
   build [COMPONENT ...]    build and cache the Go binaries (etcd, kubernetes, kwok, helm, livekit)
+  image [--force]          build (or reuse) the image from the Dockerfile with buildah, no registry;
+                           prints its reference and the OCI archive for `ctr images import`
   cluster up [--nodes N]   start a local control plane detached; prints the KUBECONFIG to use
   cluster down             stop it and remove its files
   demo [--timeout SECONDS] run the whole stack and publish a test pattern (make demo)
@@ -29,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from overshoot_localstack import binaries
 
         return binaries.main(rest)
+    if command == "image":
+        from overshoot_localstack import image
+
+        return image.main(rest)
     if command == "cluster":
         from overshoot_localstack import cluster
 

@@ -49,8 +49,11 @@ class Instruction:
 
 @dataclass
 class Stage:
+    # The image FROM names once the global ARGs' defaults are substituted; `from_text` is
+    # as written (`${BASE}`).
     base: str
     name: str | None
+    from_text: str = ""
     instructions: list[Instruction] = field(default_factory=list)
 
     def all(self, keyword: str) -> list[Instruction]:
@@ -58,8 +61,11 @@ class Stage:
 
 
 def parse_dockerfile(text: str) -> list[Stage]:
-    """Stages with their instructions; continuations joined, comments and blanks dropped."""
+    """Stages with their instructions; continuations joined, comments and blanks dropped.
+    ARGs before the first FROM are the only variables a FROM may use (Docker's rule); their
+    defaults are what FROM resolves to here."""
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}
     pending: list[str] = []
     start = 0
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -77,10 +83,22 @@ def parse_dockerfile(text: str) -> list[Stage]:
         keyword, _, args = " ".join(p for p in pending if p).partition(" ")
         pending = []
         instruction = Instruction(keyword.upper(), args.strip(), start)
-        if instruction.keyword == "FROM":
+        if instruction.keyword == "ARG" and not stages:
+            arg, _, default = instruction.args.partition("=")
+            global_args[arg] = default.strip('"')
+        elif instruction.keyword == "FROM":
             words = instruction.args.split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base=words[0], name=name))
+
+            def default(match: re.Match[str], line: int = start) -> str:
+                arg = match.group(1) or match.group(2)
+                assert global_args.get(arg), (
+                    f"Dockerfile:{line}: FROM uses ${arg}, which no ARG before it defaults"
+                )
+                return global_args[arg]
+
+            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", default, words[0])
+            stages.append(Stage(base=base, name=name, from_text=words[0]))
         else:
             assert stages, f"Dockerfile:{start}: {instruction.keyword} before any FROM"
             stages[-1].instructions.append(instruction)
@@ -155,8 +173,10 @@ def test_two_stages_on_one_pinned_base(stages: list[Stage]) -> None:
         assert _PINNED.fullmatch(stage.base), (
             f"FROM {stage.base}: pin the base to an exact patch version tag or a digest"
         )
-    # The venv's bin/python is a symlink into the base image: both stages must agree.
+    # The venv's bin/python is a symlink into the base image: both stages must agree, also
+    # when the base is given as a build argument (`make image` gives a local one).
     assert stages[0].base == stages[1].base
+    assert stages[0].from_text == stages[1].from_text
     match = _PINNED.fullmatch(stages[1].base)
     assert match is not None
     if match.group("version"):
@@ -211,21 +231,22 @@ def test_entry_points_are_project_console_scripts(stages: list[Stage]) -> None:
 
 @pytest.mark.unit
 def test_run_commands_exist_in_a_fresh_venv(stages: list[Stage]) -> None:
-    """Each program a RUN names is the base image's `python` or a file that `python -m venv`
-    puts in the venv; the replay below runs them for real."""
+    """Each program a RUN names is the base image's `python3` or a file that `python3 -m venv`
+    puts in the venv; the replay below runs them for real. `python3`, not `python`: Debian's
+    Python (the local base of `make image`) has no `python` command."""
     venv_programs = {f"{VENV}/bin/pip", f"{VENV}/bin/python"}
     for stage in stages:
         for run in stage.all("RUN"):
             for argv in shell_commands(run):
                 program = argv[0]
-                if program == "python":
+                if program == "python3":
                     assert argv[1:3] == ["-m", "venv"], f"Dockerfile:{run.line}: {argv}"
                     assert importlib.util.find_spec("venv") and importlib.util.find_spec(
                         "ensurepip"
                     )
                 else:
                     assert program in venv_programs, (
-                        f"Dockerfile:{run.line}: {program} is neither python nor in the venv"
+                        f"Dockerfile:{run.line}: {program} is neither python3 nor in the venv"
                     )
 
 
@@ -365,7 +386,7 @@ def test_builder_replayed_gives_both_entry_points(stages: list[Stage], tmp_path:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(ROOT / rel, path)
         elif instruction.keyword == "RUN":
-            # Absolute paths move under the temporary root; `python` is this interpreter,
+            # Absolute paths move under the temporary root; `python3` is this interpreter,
             # which satisfies requires-python like the base image's does.
             command = re.sub(r"(?<![\w.:/\[-])/(?=[A-Za-z])", f"{root}/", instruction.args)
             env = {
