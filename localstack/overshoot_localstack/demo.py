@@ -249,7 +249,7 @@ class Demo:
         )
 
         self.kubectl("apply", "--server-side", "-f", str(ROOT / "deploy" / "crds"))
-        self.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+        self.wait_for_established()
         self.kubectl("apply", "--server-side", "-f", str(ROOT / "deploy" / "rbac"))
         self.kubectl("create", "namespace", NAMESPACE)
         self.wait_for_default_service_account()
@@ -300,6 +300,27 @@ class Demo:
             raise DemoError(f"kubectl {shown} failed: {result.stderr.strip()}")
         return result.stdout
 
+    def wait_for_established(self, timeout: float = 60.0) -> None:
+        # Not `kubectl wait --for=condition=Established`: it fails at once, instead of
+        # waiting, on a CRD whose status the apiextensions controller has not written yet.
+        assert self.plane is not None
+        self.out(f"Waiting for crd/{CRD_NAME} to be Established ...")
+        query = '{.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = subprocess.run(
+                [str(self.paths["kubectl"]), "get", f"crd/{CRD_NAME}", "-o", f"jsonpath={query}"],
+                env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig)},
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
+            if result.returncode == 0 and result.stdout.strip() == "True":
+                return
+            time.sleep(0.2)
+        raise DemoError(f"crd/{CRD_NAME} was not Established in {timeout:.0f} s")
+
     def wait_for_default_service_account(self, timeout: float = 60.0) -> None:
         # The serviceaccount controller makes `default` asynchronously; Pods (the
         # publisher's) are refused until it exists.
@@ -311,6 +332,7 @@ class Demo:
                 env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig)},
                 capture_output=True,
                 check=False,
+                timeout=30,
             )
             if result.returncode == 0:
                 return

@@ -131,6 +131,8 @@ def test_demo_stops_cleanly_on_ctrl_c() -> None:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        # Closed here, not by the garbage collector in whatever test runs next.
+        process.stdout.close()
     output = "".join(lines) + rest
     assert process.returncode == 0, output[-4000:]
     assert "SIGINT: stopping the demo" in output
