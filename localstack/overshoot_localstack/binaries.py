@@ -102,6 +102,8 @@ COMPONENTS: dict[str, Component] = {
                 "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
                 # Not needed by the tests; for `make cluster-up` and the README.
                 "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+                # The real node of `node.py` (tests/node); the kwok Nodes need none.
+                "kubelet": "k8s.io/kubernetes/cmd/kubelet",
             },
             _kubernetes_ldflags(KUBERNETES_VERSION),
         ),

@@ -177,6 +177,10 @@ class Pki:
     front_proxy_key: Path
     sa_key: Path
     sa_pub: Path
+    # The API server's client identity towards kubelets (logs, exec, port-forward), which a
+    # real kubelet (node.py) verifies against the CA; kwok's Nodes do not need it.
+    kubelet_client_cert: Path
+    kubelet_client_key: Path
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -295,6 +299,18 @@ def generate_pki(directory: Path) -> Pki:
         ExtendedKeyUsageOID.CLIENT_AUTH,
         [],
     )
+    # system:masters, as kubeadm's apiserver-kubelet-client was: the kubelet's webhook
+    # authorizer asks the API server, which allows that group everything.
+    kubelet_client_cert, kubelet_client_key = leaf(
+        x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-kubelet-client"),
+            ]
+        ),
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        [],
+    )
     sa_key = ec.generate_private_key(ec.SECP256R1())
 
     pem = serialization.Encoding.PEM
@@ -314,6 +330,14 @@ def generate_pki(directory: Path) -> Pki:
             directory / "sa.pub",
             sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo),
             0o644,
+        ),
+        kubelet_client_cert=_write(
+            directory / "apiserver-kubelet-client.crt",
+            kubelet_client_cert.public_bytes(pem),
+            0o644,
+        ),
+        kubelet_client_key=_write(
+            directory / "apiserver-kubelet-client.key", _key_pem(kubelet_client_key)
         ),
     )
 
@@ -519,8 +543,9 @@ class ControlPlane:
         die_with_parent: bool = True,
         start_timeout: float = 120.0,
     ) -> None:
-        if nodes < 1:
-            raise ValueError("a control plane needs at least one kwok Node")
+        if nodes < 0:
+            raise ValueError("the number of kwok Nodes cannot be negative")
+        # nodes=0: no kwok at all, for a cluster whose only Node is a real one (node.py).
         self.node_names = [f"kwok-node-{i}" for i in range(nodes)]
         self._workdir_arg = workdir
         self._keep_workdir = keep_workdir
@@ -708,6 +733,12 @@ class ControlPlane:
                     "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                     f"--proxy-client-cert-file={pki.front_proxy_cert}",
                     f"--proxy-client-key-file={pki.front_proxy_key}",
+                    # For a real kubelet (node.py): `kubectl logs/exec` reach it at the Node's
+                    # InternalIP (a node has no resolvable hostname here; kwok's InternalIP is
+                    # 127.0.0.1), authenticated with a client certificate it verifies.
+                    "--kubelet-preferred-address-types=InternalIP",
+                    f"--kubelet-client-certificate={pki.kubelet_client_cert}",
+                    f"--kubelet-client-key={pki.kubelet_client_key}",
                 ],
             )
             self._wait_http(self.components["kube-apiserver"], client, f"{self.server}/readyz")
@@ -752,27 +783,31 @@ class ControlPlane:
                     f"--secure-port={ports.scheduler}",
                 ],
             )
-            stages = work / "kwok-stages.yaml"
-            stages.write_text("\n---\n".join((stage_dir / f).read_text() for f in KWOK_STAGE_FILES))
-            key, value = KWOK_NODE_ANNOTATION
-            self._component(
-                "kwok",
-                [
-                    str(paths["kwok"]),
-                    f"--kubeconfig={kubeconfig}",
-                    f"--config={stages}",
-                    "--manage-all-nodes=false",
-                    f"--manage-nodes-with-annotation-selector={key}={value}",
-                    f"--cidr={POD_CIDR}",
-                    "--node-ip=127.0.0.1",
-                    f"--node-port={ports.kwok}",
-                    f"--server-address=127.0.0.1:{ports.kwok}",
-                    "--node-lease-duration-seconds=40",
-                ],
-                # kwok also reads ~/.kwok/kwok.yaml when it exists; a private HOME keeps a
-                # developer's own kwok configuration out of the tests.
-                env={**os.environ, "HOME": str(work / "kwok-home")},
-            )
+            # nodes=0: no kwok at all (a cluster whose only Node is a real one).
+            if self.node_names:
+                stages = work / "kwok-stages.yaml"
+                stages.write_text(
+                    "\n---\n".join((stage_dir / f).read_text() for f in KWOK_STAGE_FILES)
+                )
+                key, value = KWOK_NODE_ANNOTATION
+                self._component(
+                    "kwok",
+                    [
+                        str(paths["kwok"]),
+                        f"--kubeconfig={kubeconfig}",
+                        f"--config={stages}",
+                        "--manage-all-nodes=false",
+                        f"--manage-nodes-with-annotation-selector={key}={value}",
+                        f"--cidr={POD_CIDR}",
+                        "--node-ip=127.0.0.1",
+                        f"--node-port={ports.kwok}",
+                        f"--server-address=127.0.0.1:{ports.kwok}",
+                        "--node-lease-duration-seconds=40",
+                    ],
+                    # kwok also reads ~/.kwok/kwok.yaml when it exists; a private HOME keeps a
+                    # developer's own kwok configuration out of the tests.
+                    env={**os.environ, "HOME": str(work / "kwok-home")},
+                )
             for name, port in (
                 ("kube-controller-manager", ports.controller_manager),
                 ("kube-scheduler", ports.scheduler),
