@@ -9,7 +9,12 @@ ownerReference, so the garbage collector removes them with their owner.
 - The Secret carries the newest token of the held stream (invariant 5: tokens live only
   there). It is written when a keepalive brought a token or the stream changed.
 - The Pod is created when missing and replaced (delete, then create once it is gone) when
-  its rendered spec changed or it ended for good. A Pod the cluster refuses (Pod Security,
+  its rendered spec changed or it ended for good. It carries the id of the stream its
+  Secret names (`PUBLISH_STREAM_ANNOTATION`); when a recreated stream changes the Secret,
+  the annotation changes too, because the kubelet swaps in a changed Secret volume only
+  when it syncs the Pod: at once on a Pod update, else at its periodic sync (a minute or
+  more). Token rotations are not announced: a rotated token only matters at the next
+  reconnect, and the old one stays valid for longer than the kubelet takes anyway. A Pod the cluster refuses (Pod Security,
   quota, LimitRange, a webhook) is a `PublisherRejected` problem carrying the API server's
   message, not a silent retry.
 
@@ -19,13 +24,15 @@ Boundary: manifests.py to build, kube.py to write.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from enum import Enum
+from typing import Any
 
 from overshoot_operator import decisions as dec
 from overshoot_operator import manifests
 from overshoot_operator import resource as res
-from overshoot_operator.kube import ConflictError, Kube, KubeError
+from overshoot_operator.kube import ConflictError, Kube, KubeError, NotFoundError
 from overshoot_operator.registry import DesiredPod, Entry, Held, Observed, PodFacts
 from overshoot_operator.settings import OperatorSettings
 from overshoot_publisher.config import PUBLISH_STREAM_ID_KEY
@@ -107,16 +114,17 @@ class Children:
             await self._kube.create_pod(desired.manifest, dry_run=True)
 
     async def ensure_pod(
-        self, entry: Entry, observed: Observed, spec: res.EffectiveSpec
+        self, entry: Entry, observed: Observed, spec: res.EffectiveSpec, stream_id: str | None
     ) -> PodState:
-        """Create, keep or replace the Pod. Raises ManifestError for a spec the builder
-        cannot render, KubeError for a call that failed (`refused` for admission)."""
+        """Create, keep or replace the Pod, and tell it of `stream_id`, the stream its
+        Secret names. Raises ManifestError for a spec the builder cannot render, KubeError
+        for a call that failed (`refused` for admission)."""
         desired = self.desired_pod(entry, observed, spec)
         pod = entry.pod
         name = res.publisher_pod_name(observed.name)
         if pod is None:
             try:
-                created = await self._kube.create_pod(desired.manifest)
+                created = await self._kube.create_pod(_with_stream(desired.manifest, stream_id))
             except ConflictError:
                 # It exists after all (the Pod watch had not listed it yet): look at it.
                 found = await self._kube.get_pod(observed.namespace, name)
@@ -125,7 +133,7 @@ class Children:
                 entry.pod = PodFacts.from_body(
                     found, hash_annotation=res.PUBLISHER_CONFIG_HASH_ANNOTATION
                 )
-                return await self.ensure_pod(entry, observed, spec)
+                return await self.ensure_pod(entry, observed, spec, stream_id)
             logger.info("Created Pod %s/%s", observed.namespace, name)
             entry.pod = PodFacts.from_body(
                 created, hash_annotation=res.PUBLISHER_CONFIG_HASH_ANNOTATION
@@ -142,7 +150,30 @@ class Children:
             await self._kube.delete_pod(observed.namespace, name, uid=pod.uid)
             logger.info("Deleted Pod %s/%s to replace it", observed.namespace, name)
             return PodState.WAITING
+        if stream_id is not None and pod.publish_stream != stream_id:
+            await self._announce_stream(entry, observed, pod, stream_id)
         return PodState.READY_AS_WANTED
+
+    async def _announce_stream(
+        self, entry: Entry, observed: Observed, pod: PodFacts, stream_id: str
+    ) -> None:
+        name = res.publisher_pod_name(observed.name)
+        # Gone or replaced meanwhile (404, or 409 on the uid): the Pod watch says so next.
+        with contextlib.suppress(NotFoundError, ConflictError):
+            await self._kube.annotate_pod(
+                observed.namespace,
+                name,
+                uid=pod.uid,
+                annotations={res.PUBLISH_STREAM_ANNOTATION: stream_id},
+            )
+            logger.info(
+                "Annotated Pod %s/%s with stream %s (the kubelet swaps in its Secret now)",
+                observed.namespace,
+                name,
+                stream_id,
+            )
+        # Until the watch delivers the patched Pod, do not patch it again.
+        entry.pod = dataclasses.replace(pod, publish_stream=stream_id)
 
     async def delete_pod(self, observed: Observed, pod: PodFacts | None) -> None:
         await self._kube.delete_pod(
@@ -155,6 +186,16 @@ class Children:
         """Suspend: no Pod and no Secret (nothing could use a token of no stream)."""
         await self.delete_pod(observed, pod)
         await self._kube.delete_secret(observed.namespace, res.publish_secret_name(observed.name))
+
+
+def _with_stream(manifest: dict[str, Any], stream_id: str | None) -> dict[str, Any]:
+    """The rendered Pod (cached per generation, so not changed in place) carrying the
+    stream its Secret names."""
+    if stream_id is None:
+        return manifest
+    meta = manifest["metadata"]
+    annotations = {**meta.get("annotations", {}), res.PUBLISH_STREAM_ANNOTATION: stream_id}
+    return {**manifest, "metadata": {**meta, "annotations": annotations}}
 
 
 def child_problem(err: KubeError, observed: Observed, *, child: str) -> dec.Problem:

@@ -124,6 +124,9 @@ class Facts:
     ever_had_frames: bool
     pod_ready: bool | None
     problem: Problem | None
+    # Why the publisher container is not publishing, in the kubelet's words (a crash with
+    # its termination message, an image that cannot be pulled), if it is not.
+    publisher_failure: str | None = None
 
 
 def frames_fresh(last_frame_at_ms: int | None, *, now: datetime, fresh_seconds: float) -> bool:
@@ -165,6 +168,12 @@ def summarize(
         return "Failed", conditions
 
     fresh = frames_fresh(facts.last_frame_at_ms, now=now, fresh_seconds=fresh_seconds)
+    failing: str | None = None
+    if facts.lease_held and not fresh and facts.publisher_failure:
+        failing = (
+            f"The publisher is failing: {facts.publisher_failure}; `kubectl describe pod` and "
+            "`kubectl logs --previous` on the publisher Pod show more"
+        )
     if facts.lease_held:
         put(T.STREAM_ACTIVE, "True", "LeaseHeld", f"Stream {facts.stream_id} is active")
     elif facts.problem is not None:
@@ -174,6 +183,8 @@ def summarize(
 
     if fresh:
         put(T.PUBLISHING, "True", "FramesArriving", "Overshoot reports frames arriving")
+    elif failing is not None:
+        put(T.PUBLISHING, "False", "PublisherFailing", failing)
     elif facts.ever_had_frames:
         put(
             T.PUBLISHING,
@@ -195,6 +206,9 @@ def summarize(
     if not facts.lease_held:
         put(T.READY, "False", "Creating", "Creating the remote stream")
         return "Pending", conditions
+    if failing is not None:
+        put(T.READY, "False", "PublisherFailing", failing)
+        return "Degraded", conditions
     if fresh:
         if facts.problem is not None:
             # A transient keepalive failure while frames flow: still serving, say so.

@@ -287,6 +287,19 @@ class Kube:
         )
         return pod
 
+    async def annotate_pod(
+        self, namespace: str, name: str, *, uid: str, annotations: Mapping[str, str]
+    ) -> None:
+        """Merge `annotations` into that incarnation of the Pod (`uid` is a precondition)."""
+        await self._call(
+            f"Patch Pod {namespace}/{name}",
+            self._core.patch_namespaced_pod,
+            name,
+            namespace,
+            {"metadata": {"uid": uid, "annotations": dict(annotations)}},
+            write=True,
+        )
+
     async def delete_pod(self, namespace: str, name: str, *, uid: str | None = None) -> None:
         """Delete the Pod; with `uid`, only that incarnation (never a successor)."""
         body: dict[str, Any] = {"preconditions": {"uid": uid}} if uid else {}

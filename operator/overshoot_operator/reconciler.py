@@ -767,7 +767,7 @@ class Controller:
                     await self._child_failed(entry, observed, err, child=secret)
                     return
         try:
-            state = await self.children.ensure_pod(entry, observed, spec)
+            state = await self.children.ensure_pod(entry, observed, spec, held.secret_stream_id)
         except manifests.ManifestError as err:
             entry.set_problem(
                 "spec", dec.Problem("InvalidSpec", str(err), True, dec.USER_FIX_RETRY_SECONDS)

@@ -134,6 +134,11 @@ class PodFacts:
     deleting: bool
     config_hash: str | None
     owner_uid: str | None
+    # The stream the Pod was last told of (PUBLISH_STREAM_ANNOTATION).
+    publish_stream: str | None = None
+    # Why the publisher container is not running, as the kubelet reports it: its last exit
+    # with the termination message, or why it cannot start (see `container_failure`).
+    failure: str | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], *, hash_annotation: str) -> PodFacts:
@@ -154,12 +159,62 @@ class PodFacts:
             deleting=bool(meta.get("deletionTimestamp")),
             config_hash=(meta.get("annotations") or {}).get(hash_annotation),
             owner_uid=owner_uid,
+            publish_stream=(meta.get("annotations") or {}).get(res.PUBLISH_STREAM_ANNOTATION),
+            failure=container_failure(status.get("containerStatuses") or []),
         )
 
     @property
     def lost(self) -> bool:
         """Finished or failed for good: a bare Pod is never restarted by anyone else."""
         return self.phase in ("Failed", "Succeeded")
+
+
+# The kubelet's reasons for a container it cannot start at all: each needs a fix (the image,
+# its pull policy or secret, a referenced Secret), not a wait.
+_START_FAILURES = frozenset(
+    {
+        "ErrImageNeverPull",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+# A termination message is the publisher's own words (it never writes a token or a
+# password there) or its last log lines; status keeps the start of it.
+_MESSAGE_LIMIT = 400
+
+
+def container_failure(statuses: list[Mapping[str, Any]]) -> str | None:
+    """Why the (single) publisher container is not publishing, from the Pod's
+    `containerStatuses`, in the kubelet's words; None once it is ready, or before it
+    ever ran. A restarted container keeps its last failure until it is ready again, so a
+    crash loop reads the same between its restarts."""
+    for container in statuses:
+        if container.get("ready"):
+            continue
+        state = container.get("state") or {}
+        restarts = int(container.get("restartCount") or 0)
+        terminated = state.get("terminated") or (container.get("lastState") or {}).get("terminated")
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in _START_FAILURES:
+            detail = str(waiting.get("message") or "").strip()
+            return _clip(f"publisher container cannot start: {waiting['reason']}: {detail}")
+        if not terminated or terminated.get("exitCode") == 0:
+            continue
+        message = " ".join(str(terminated.get("message") or "").split())
+        text = f"publisher exited with code {terminated.get('exitCode')}"
+        if restarts:
+            text += f" (restarted {restarts} times"
+            text += f", {waiting['reason']})" if waiting.get("reason") else ")"
+        return _clip(f"{text}: {message}" if message else text)
+    return None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ __all__ = [
     "PHASES",
     "PLURAL",
     "PUBLISHER_CONFIG_HASH_ANNOTATION",
+    "PUBLISH_STREAM_ANNOTATION",
     "REFRESH_ANNOTATION",
     "SHORT_NAME",
     "SINGULAR",
@@ -122,6 +123,10 @@ CREATING_ANNOTATION: Final = "overshoot.ai/creating"
 # On the publisher Pod: a hash of the rendered PublisherConfig and image, so a spec change
 # that needs a new Pod is told apart from one that does not.
 PUBLISHER_CONFIG_HASH_ANNOTATION: Final = "overshoot.ai/publisher-config-hash"
+# On the publisher Pod: the stream whose room the publish Secret names. Changing it when the
+# stream changes is what makes the kubelet sync the Pod now, and with it swap in the new
+# Secret, instead of at its next periodic sync (up to a minute or more later).
+PUBLISH_STREAM_ANNOTATION: Final = "overshoot.ai/publish-stream"
 # Guards deletion of the remote stream (invariant 1).
 FINALIZER: Final = "overshoot.ai/delete-stream"
 

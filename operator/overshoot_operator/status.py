@@ -63,6 +63,7 @@ def facts_of(entry: Entry, observed: Observed, view: View) -> dec.Facts:
         ever_had_frames=entry.media.ever_had_frames if held else False,
         pod_ready=entry.pod.ready if entry.pod is not None else (False if held else None),
         problem=dec.top_problem(entry.problems),
+        publisher_failure=entry.pod.failure if entry.pod is not None else None,
     )
 
 

@@ -197,6 +197,39 @@ SUMMARY_ROWS = [
         {T.READY: ("False", "Creating", "Creating")},
         id="no-lease-never-publishing",
     ),
+    pytest.param(
+        facts(publisher_failure="publisher exited with code 3: RTSP credentials rejected"),
+        "Degraded",
+        {
+            T.READY: ("False", "PublisherFailing", "RTSP credentials rejected"),
+            T.PUBLISHING: ("False", "PublisherFailing", "kubectl logs --previous"),
+            T.STREAM_ACTIVE: ("True", "LeaseHeld", "sid-1"),
+        },
+        id="held-publisher-failing",
+    ),
+    pytest.param(
+        facts(
+            publisher_failure="publisher exited with code 1",
+            last_frame_at_ms=OLD_FRAME,
+            ever_had_frames=True,
+        ),
+        "Degraded",
+        {T.READY: ("False", "PublisherFailing", "code 1")},
+        id="held-publisher-failing-after-frames-stopped",
+    ),
+    pytest.param(
+        # Frames still arrive (the crash is of an older container): what Overshoot sees wins.
+        facts(publisher_failure="publisher exited with code 1", last_frame_at_ms=FRESH_FRAME),
+        "Publishing",
+        {T.READY: ("True", "Publishing", "Frames are reaching")},
+        id="held-fresh-frames-beat-an-old-crash",
+    ),
+    pytest.param(
+        facts(publisher_failure="crashed", lease_held=False, stream_id=None),
+        "Pending",
+        {T.PUBLISHING: ("False", "NoStream", "No remote stream")},
+        id="no-lease-publisher-failure-not-reported",
+    ),
 ]
 
 

@@ -22,6 +22,7 @@ from overshoot_operator.registry import (
     Observed,
     PodFacts,
     Registry,
+    container_failure,
 )
 
 pytestmark = pytest.mark.unit
@@ -268,6 +269,87 @@ def test_pod_facts_from_body() -> None:
     assert bare == PodFacts(
         uid="", phase=None, ready=False, deleting=False, config_hash=None, owner_uid=None
     )
+
+
+def _container(
+    *,
+    ready: bool = False,
+    restarts: int = 0,
+    state: dict[str, Any] | None = None,
+    last: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "name": "publisher",
+        "ready": ready,
+        "restartCount": restarts,
+        "state": state or {},
+        "lastState": last or {},
+    }
+
+
+CRASH = {"terminated": {"exitCode": 3, "reason": "Error", "message": "RTSP 401:\n check it"}}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "failure"),
+    [
+        pytest.param([], None, id="not-started"),
+        pytest.param(
+            [_container(state={"waiting": {"reason": "ContainerCreating"}})], None, id="creating"
+        ),
+        pytest.param([_container(ready=True, state={"running": {}})], None, id="ready"),
+        pytest.param(
+            [_container(state={"terminated": CRASH["terminated"]})],
+            "publisher exited with code 3: RTSP 401: check it",
+            id="exited-once",
+        ),
+        pytest.param(
+            [_container(restarts=4, state={"waiting": {"reason": "CrashLoopBackOff"}}, last=CRASH)],
+            "publisher exited with code 3 (restarted 4 times, CrashLoopBackOff): RTSP 401: "
+            "check it",
+            id="crash-loop",
+        ),
+        pytest.param(
+            [_container(restarts=4, state={"running": {}}, last=CRASH)],
+            "publisher exited with code 3 (restarted 4 times): RTSP 401: check it",
+            id="restarted-not-ready-yet-keeps-the-failure",
+        ),
+        pytest.param(
+            [_container(ready=True, restarts=4, state={"running": {}}, last=CRASH)],
+            None,
+            id="restarted-and-ready",
+        ),
+        pytest.param(
+            [_container(state={"terminated": {"exitCode": 0, "reason": "Completed"}})],
+            None,
+            id="exited-cleanly",
+        ),
+        pytest.param(
+            [
+                _container(
+                    state={
+                        "waiting": {
+                            "reason": "ErrImageNeverPull",
+                            "message": 'image "x:1" is not present with pull policy of Never',
+                        }
+                    }
+                )
+            ],
+            'publisher container cannot start: ErrImageNeverPull: image "x:1" is not present '
+            "with pull policy of Never",
+            id="image-never-pulled",
+        ),
+        pytest.param(
+            [_container(state={"terminated": {"exitCode": 1, "message": "x" * 1000}})],
+            "publisher exited with code 1: " + "x" * 367 + "...",
+            id="long-message-clipped",
+        ),
+    ],
+)
+def test_container_failure(statuses: list[dict[str, Any]], failure: str | None) -> None:
+    assert container_failure(statuses) == failure
+    body = {"status": {"containerStatuses": statuses}}
+    assert PodFacts.from_body(body, hash_annotation=HASH).failure == failure
 
 
 @pytest.mark.parametrize(
