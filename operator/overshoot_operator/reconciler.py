@@ -71,6 +71,31 @@ class _Resume(Enum):
     WAIT = "wait"  # a transient failure or a Fail end: nothing more this pass
 
 
+def spec_defaults(settings: OperatorSettings) -> res.SpecDefaults:
+    """What the operator's settings fill into a spec that leaves them out."""
+    return res.SpecDefaults(
+        api_key_secret=res.SecretKeySelector(
+            namespace=settings.default_api_key_secret_namespace,
+            name=settings.default_api_key_secret_name,
+            key=settings.default_api_key_secret_key,
+        ),
+        keepalive_interval_seconds=settings.keepalive_interval_seconds,
+        publisher_image=settings.publisher_image,
+        publisher_resources=res.ResourceRequirements(
+            requests={
+                "cpu": settings.publisher_cpu_request,
+                "memory": settings.publisher_memory_request,
+                "ephemeral-storage": settings.publisher_ephemeral_storage_request,
+            },
+            limits={
+                "cpu": settings.publisher_cpu_limit,
+                "memory": settings.publisher_memory_limit,
+                "ephemeral-storage": settings.publisher_ephemeral_storage_limit,
+            },
+        ),
+    )
+
+
 class Controller:
     def __init__(
         self,
@@ -111,27 +136,7 @@ class Controller:
             wall=clock,
             rng=self.rng,
         )
-        self.defaults = res.SpecDefaults(
-            api_key_secret=res.SecretKeySelector(
-                namespace=settings.default_api_key_secret_namespace,
-                name=settings.default_api_key_secret_name,
-                key=settings.default_api_key_secret_key,
-            ),
-            keepalive_interval_seconds=settings.keepalive_interval_seconds,
-            publisher_image=settings.publisher_image,
-            publisher_resources=res.ResourceRequirements(
-                requests={
-                    "cpu": settings.publisher_cpu_request,
-                    "memory": settings.publisher_memory_request,
-                    "ephemeral-storage": settings.publisher_ephemeral_storage_request,
-                },
-                limits={
-                    "cpu": settings.publisher_cpu_limit,
-                    "memory": settings.publisher_memory_limit,
-                    "ephemeral-storage": settings.publisher_ephemeral_storage_limit,
-                },
-            ),
-        )
+        self.defaults = spec_defaults(settings)
         self._gauges: asyncio.Task[None] | None = None
         self._budget_warned = False
 

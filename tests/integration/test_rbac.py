@@ -33,7 +33,9 @@ ALLOWED: list[Access] = [
     ("patch", "", "events", "", "cameras"),
     ("create", "coordination.k8s.io", "leases", "", OPERATOR_NAMESPACE),
     *[(v, "", "secrets", "", "cameras") for v in ("create", "get", "patch", "delete")],
-    *[(v, "", "pods", "", "cameras") for v in ("create", "get", "delete")],
+    # patch: only the publish-stream annotation (children.py), which makes the kubelet
+    # swap a recreated stream's Secret into the running Pod at once.
+    *[(v, "", "pods", "", "cameras") for v in ("create", "get", "patch", "delete")],
     ("list", "", "pods", "", None),
     ("watch", "", "pods", "", None),
 ]
@@ -57,10 +59,9 @@ DENIED: list[Access] = [
     ("delete", "", "namespaces", "", None),
     # Events are written, never read.
     ("list", "", "events", "", "cameras"),
-    # Patches only; Pods are deleted and recreated, never changed.
+    # Patches only (a Pod's spec is never changed: it is deleted and recreated).
     ("update", "", "secrets", "", "cameras"),
     ("update", "", "pods", "", "cameras"),
-    ("patch", "", "pods", "", "cameras"),
     ("create", "", "pods", "exec", "cameras"),
     # Nothing else.
     ("get", "", "configmaps", "", "cameras"),
