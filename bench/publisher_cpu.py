@@ -13,13 +13,25 @@ The source is a looping MP4 made on the spot (no B-frames, an IDR every 2 s), so
 source costs nothing in the measured process's neighbourhood; `--source rtsp` uses the
 GStreamer RTSP test camera instead (which itself burns CPU encoding on the same machine).
 
-Needs root (network namespace) and the LiveKit binary (`make binaries`).
+`--runtime container` runs each publisher as the operator renders it instead: a Pod
+(manifests.build_publisher_pod, the operator's default requests and limits) of the image
+`make image` builds, on a real kubelet + containerd node (overshoot_localstack.node), the
+clip on a hostPath volume, LiveKit on the node's address; the figures come from the
+container's cgroup (v1 here), as the kubelet and `kubectl top` see them:
+  cores       = cpuacct.usage delta / wall seconds
+  working set = memory.usage_in_bytes - total_inactive_file (the kubelet's eviction figure)
+  peak        = memory.max_usage_in_bytes (includes page cache: the clip's file pages)
+  fps         = from the publisher's /metrics on the Pod IP
+
+Needs root (network namespace, or the node) and the LiveKit binary (`make binaries`).
 Run: .venv/bin/python bench/publisher_cpu.py [--seconds 30] [--source file|rtsp]
+         [--runtime process|container]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -32,10 +44,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from overshoot_localstack import netns
+from kubernetes import client
+
+from overshoot_localstack import binaries, image, netns
+from overshoot_localstack import node as localnode
+from overshoot_localstack.cluster import ControlPlane
+from overshoot_localstack.kube import api_client
 from overshoot_localstack.livekit import LiveKitServer
 from overshoot_localstack.media import make_clip
 from overshoot_localstack.rtsp import RtspServer, free_port
+from overshoot_operator import manifests
+from overshoot_operator import resource as res
+from overshoot_operator.reconciler import spec_defaults
+from overshoot_operator.settings import OperatorSettings
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -73,8 +94,8 @@ def memory_mib(pid: int) -> tuple[float, float]:
     return values["VmRSS"], values["VmHWM"]
 
 
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+def metrics(base: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:  # noqa: S310 - http only
         text = resp.read().decode()
     samples: dict[str, float] = {}
     for line in text.splitlines():
@@ -136,10 +157,10 @@ def run_one(
         wait_ready(port, proc)
         time.sleep(warmup)
         cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
-        frames0 = metrics(port)["overshoot_publisher_frames_published_total"]
+        frames0 = metrics(f"http://127.0.0.1:{port}")["overshoot_publisher_frames_published_total"]
         time.sleep(seconds)
         cpu1, wall1 = cpu_seconds(proc.pid), time.monotonic()
-        samples = metrics(port)
+        samples = metrics(f"http://127.0.0.1:{port}")
         rss, peak = memory_mib(proc.pid)
     finally:
         proc.terminate()
@@ -152,6 +173,130 @@ def run_one(
     fps = (samples["overshoot_publisher_frames_published_total"] - frames0) / (wall1 - wall0)
     cores = (cpu1 - cpu0) / (wall1 - wall0)
     return cores, rss, peak, fps, samples["overshoot_publisher_decoder_opens_total"]
+
+
+class ContainerRuntime:
+    """Publisher Pods on a real node, measured through their containers' cgroups."""
+
+    NAMESPACE = "bench"
+
+    def __init__(self, plane: ControlPlane, node: localnode.RealNode, livekit: LiveKitServer):
+        self.node, self.livekit = node, livekit
+        self.api = api_client(plane.kubeconfig)
+        self.core = client.CoreV1Api(self.api)
+        self.settings = OperatorSettings(
+            publisher_image=image.IMAGE, publisher_image_pull_policy="Never"
+        )
+        self.core.create_namespace({"metadata": {"name": self.NAMESPACE}})
+        _until(
+            lambda: self.core.read_namespaced_service_account("default", self.NAMESPACE),
+            60,
+            "the namespace's default ServiceAccount",
+        )
+
+    def run_one(
+        self, source: dict[str, Any], video: dict[str, Any], seconds: float, warmup: float
+    ) -> tuple[float, float, float, float, float]:
+        name = f"bench-{time.monotonic_ns() % 10**9}"
+        resource = {
+            "apiVersion": res.API_VERSION,
+            "kind": res.KIND,
+            "metadata": {"namespace": self.NAMESPACE, "name": name, "uid": f"uid-{name}"},
+        }
+        spec = res.effective_spec(
+            res.parse_spec({"source": source, "video": video}),
+            spec_defaults(self.settings),
+            namespace=self.NAMESPACE,
+        )
+        room = f"overshoot-{name}"
+        secret = manifests.build_publish_secret(
+            resource,
+            url=self.livekit.url,
+            token=self.livekit.token(room, "publisher"),
+            stream_id=name,
+        )
+        pod = manifests.build_publisher_pod(resource, spec, self.settings)
+        for child in (secret, pod):
+            # No OvershootStream owns them here: the garbage collector would delete them.
+            child["metadata"].pop("ownerReferences", None)
+        self.core.create_namespaced_secret(self.NAMESPACE, secret)
+        pod_name = pod["metadata"]["name"]
+        self.core.create_namespaced_pod(self.NAMESPACE, pod)
+        try:
+            ready = _until(lambda: self._ready(pod_name), 180, f"Pod {pod_name} Ready")
+            port = self.settings.publisher_health_port
+            base = f"http://{ready.status.pod_ip}:{port}"
+            cgroups = self._cgroups(ready.status.container_statuses[0].container_id)
+            time.sleep(warmup)
+            cpu0, wall0 = _cpuacct(cgroups), time.monotonic()
+            frames0 = metrics(base)["overshoot_publisher_frames_published_total"]
+            time.sleep(seconds)
+            cpu1, wall1 = _cpuacct(cgroups), time.monotonic()
+            samples = metrics(base)
+            working_set, peak = _memory(cgroups)
+        finally:
+            self.core.delete_namespaced_pod(pod_name, self.NAMESPACE, grace_period_seconds=5)
+            self.core.delete_namespaced_secret(secret["metadata"]["name"], self.NAMESPACE)
+            _until(lambda: not self._exists(pod_name), 60, f"Pod {pod_name} gone")
+        fps = (samples["overshoot_publisher_frames_published_total"] - frames0) / (wall1 - wall0)
+        cores = (cpu1 - cpu0) / (wall1 - wall0)
+        return cores, working_set, peak, fps, samples["overshoot_publisher_decoder_opens_total"]
+
+    def _ready(self, name: str) -> Any:
+        pod = self.core.read_namespaced_pod(name, self.NAMESPACE)
+        statuses = pod.status.container_statuses or []
+        if statuses and statuses[0].state.terminated:
+            raise RuntimeError(f"the publisher exited: {statuses[0].state.terminated.message}")
+        return pod if statuses and statuses[0].ready else None
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.core.read_namespaced_pod(name, self.NAMESPACE)
+        except client.ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    def _cgroups(self, container_id: str) -> dict[str, Path]:
+        """The container's cgroup directory per controller, from its init process."""
+        pid = self.node.container_pid(container_id)
+        found: dict[str, Path] = {}
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for controller in controllers.split(","):
+                if controller in ("cpuacct", "memory"):
+                    found[controller] = Path("/sys/fs/cgroup") / controllers / path.lstrip("/")
+        return found
+
+
+def _until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if result := predicate():
+                return result
+        except client.ApiException as err:
+            last = err
+        time.sleep(0.5)
+    raise RuntimeError(f"timed out waiting for {what}" + (f": {last}" if last else ""))
+
+
+def _cpuacct(cgroups: dict[str, Path]) -> float:
+    return int((cgroups["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
+
+
+def _memory(cgroups: dict[str, Path]) -> tuple[float, float]:
+    memory = cgroups["memory"]
+    stat = dict(
+        (k, int(v))
+        for k, v in (line.split() for line in (memory / "memory.stat").read_text().splitlines())
+    )
+    usage = int((memory / "memory.usage_in_bytes").read_text())
+    working_set = max(0, usage - stat.get("total_inactive_file", 0))
+    peak = int((memory / "memory.max_usage_in_bytes").read_text())
+    return working_set / 2**20, peak / 2**20
 
 
 def machine() -> str:
@@ -169,24 +314,59 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--source", choices=["file", "rtsp"], default="file")
     parser.add_argument("--only", help="run only sources/modes whose name contains this")
+    parser.add_argument(
+        "--runtime",
+        choices=["process", "container"],
+        default="process",
+        help="a host process, or a Pod of the built image on a real node (cgroup figures)",
+    )
     args = parser.parse_args()
     if args.seconds < 30:
         print("note: the issue asks for windows of at least 30 s", file=sys.stderr)
 
     results: list[Result] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="overshoot-bench-") as tmp,
-        netns.namespace() as ns,
-        LiveKitServer(ns) as livekit,
-    ):
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="overshoot-bench-"))
         workdir = Path(tmp)
+        workdir.chmod(0o755)  # the publisher container (uid 65532) reads the clips
+        runtime: ContainerRuntime | None = None
+        if args.runtime == "container":
+            ref = image.ensure_image()
+            localnode.ensure_packages()
+            plane = stack.enter_context(ControlPlane(nodes=0))
+            node = localnode.RealNode.for_control_plane(
+                plane,
+                kubelet=binaries.ensure(["kubelet"])["kubelet"],
+                kubelet_config={"registerWithTaints": []},
+            )
+            stack.enter_context(node)
+            node.import_image(ref.archive)
+            address = node.node_ip
+            livekit = stack.enter_context(
+                LiveKitServer(
+                    netns.HostAddress(address),
+                    port=free_port(address),
+                    rtc_tcp_port=free_port(address),
+                    rtc_udp_port=free_port(address),
+                )
+            )
+            runtime = ContainerRuntime(plane, node, livekit)
+            camera_address = address
+        else:
+            ns = stack.enter_context(netns.namespace())
+            livekit = stack.enter_context(LiveKitServer(ns))
+            camera_address = "127.0.0.1"
         for source_name, (width, height, fps, bitrate) in SOURCES.items():
             if args.only and not any(args.only in f"{source_name} {m}" for m in MODES):
                 continue
             camera: RtspServer | None = None
             if args.source == "rtsp":
                 camera = RtspServer(
-                    width=width, height=height, fps=fps, bitrate_kbps=bitrate // 1000
+                    address=camera_address,
+                    width=width,
+                    height=height,
+                    fps=fps,
+                    bitrate_kbps=bitrate // 1000,
                 )
                 camera.start()
                 source: dict[str, Any] = {"rtsp": {"url": camera.url}}
@@ -200,35 +380,50 @@ def main() -> int:
                     bitrate=bitrate,
                     profile="main",
                 )
-                source = {"file": {"path": str(clip), "loop": True}}
+                clip.chmod(0o644)
+                if runtime is None:
+                    source = {"file": {"path": str(clip), "loop": True}}
+                else:
+                    source = {
+                        "file": {
+                            "path": f"/media/{clip.name}",
+                            "loop": True,
+                            "volume": {"hostPath": {"path": str(workdir)}},
+                        }
+                    }
             try:
                 for mode_name, video in MODES.items():
                     label = f"{source_name} {mode_name}"
                     if args.only and args.only not in label:
                         continue
                     print(f"Measuring {label} for {args.seconds:.0f}s ...", file=sys.stderr)
-                    cores, rss, peak, out_fps, opens = run_one(
-                        livekit, workdir, source, video, args.seconds, args.warmup
-                    )
-                    results.append(Result(source_name, mode_name, cores, rss, peak, out_fps, opens))
+                    if runtime is None:
+                        measured = run_one(
+                            livekit, workdir, source, video, args.seconds, args.warmup
+                        )
+                    else:
+                        measured = runtime.run_one(source, video, args.seconds, args.warmup)
+                    results.append(Result(source_name, mode_name, *measured))
             finally:
                 if camera is not None:
                     camera.kill()
 
+    memory = (
+        ("working set MiB", "peak MiB")
+        if args.runtime == "container"
+        else ("RSS MiB", "peak RSS MiB")
+    )
     print(
-        f"\nPublisher CPU and memory per stream ({args.source} source, {args.seconds:.0f} s windows)"
+        f"\nPublisher CPU and memory per stream ({args.source} source, {args.runtime}, "
+        f"{args.seconds:.0f} s windows)"
     )
     print(f"Machine: {machine()}\n")
-    print(
-        "| source  | mode              | CPU cores | RSS MiB | peak RSS MiB | fps out | decoder opens |"
-    )
-    print(
-        "|---------|-------------------|-----------|---------|--------------|---------|---------------|"
-    )
+    print(f"| source | mode | CPU cores | {memory[0]} | {memory[1]} | fps out | decoder opens |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r.source:<7} | {r.mode:<17} | {r.cores:9.3f} | {r.rss_mib:7.0f} | "
-            f"{r.peak_rss_mib:12.0f} | {r.fps:7.1f} | {r.decoder_opens:13.0f} |"
+            f"| {r.source} | {r.mode} | {r.cores:.3f} | {r.rss_mib:.0f} | "
+            f"{r.peak_rss_mib:.0f} | {r.fps:.1f} | {r.decoder_opens:.0f} |"
         )
     return 0
 
