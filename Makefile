@@ -28,8 +28,9 @@ binaries: setup
 image: setup
 	$(BIN)/overshoot-localstack image
 
-# The whole suite: lint, types, unit, contract, integration and e2e tiers.
-test: setup binaries lint
+# The whole suite: lint, types, unit, contract, integration and e2e tiers; the image first,
+# for the tests that run it on a real node.
+test: setup binaries image lint
 	$(BIN)/pytest
 
 unit: setup

@@ -1,19 +1,21 @@
 """`overshoot-localstack demo` (`make demo`): the whole product on one machine, with real video.
 
-Role: bring up, in order, a LiveKit server in its own network namespace, the Overshoot
-emulator joined to it as the media gateway, a real Kubernetes control plane with kwok Nodes,
-the CRD and RBAC of deploy/, the operator under its own ServiceAccount, and the local Pod
-runner (`runner.py`) that makes publisher Pods real processes; then apply the examples a user
-would (`examples/api-key-secret.yaml`, `examples/test-pattern.yaml`) with the real kubectl,
-and print the OvershootStream's status until it is `Publishing` with a frame count that
-grows: frames the publisher sent through LiveKit and the gateway really decoded.
+Role: bring up, in order, a real Kubernetes control plane, one real node (kubelet +
+containerd + runc, `node.py`) with the image `make image` built from the Dockerfile, a
+LiveKit server on the node's address, the Overshoot emulator joined to it as the media
+gateway, the CRD and RBAC of deploy/, a namespace enforcing Pod Security `restricted`, and
+the operator under its own ServiceAccount; then apply the examples a user would
+(`examples/api-key-secret.yaml`, `examples/test-pattern.yaml`) with the real kubectl, and
+print the OvershootStream's status until it is `Publishing` with a frame count that grows:
+frames the publisher container sent through LiveKit and the gateway really decoded.
 
-Everything listens on 127.0.0.1 or on the namespace pair `netns.py` makes. Every process
-and the namespace are removed on the way out: normal exit, failure, Ctrl-C, SIGTERM/SIGHUP.
+The node is the cluster's only Node (no kwok, no taint), so the examples apply unchanged.
+Everything listens on 127.0.0.1 or on the node's own addresses. Every process, mount and
+interface is removed on the way out: normal exit, failure, Ctrl-C, SIGTERM/SIGHUP.
 
 Boundary: orchestration and the terminal. Each component lives in its own module
-(`cluster`, `livekit`, `emulator`, `operator`, `runner`); this one starts and stops them,
-runs kubectl, and reads the resource's status. It never prints a token or the API key.
+(`cluster`, `node`, `image`, `livekit`, `emulator`, `operator`); this one starts and stops
+them, runs kubectl, and reads the resource's status. It never prints a token or the API key.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -38,13 +41,14 @@ from typing import Any
 import httpx
 import yaml
 
-from overshoot_localstack import binaries, kube, netns
+from overshoot_localstack import binaries, image, kube, netns
+from overshoot_localstack import node as localnode
 from overshoot_localstack.cluster import BINARIES as CLUSTER_BINARIES
 from overshoot_localstack.cluster import ControlPlane, tail
 from overshoot_localstack.emulator import EmulatorProcess
 from overshoot_localstack.livekit import LiveKitServer
 from overshoot_localstack.operator import OperatorProcess
-from overshoot_localstack.runner import PodRunner, admin_client
+from overshoot_localstack.rtsp import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ QUIET_INTERVAL = 30.0
 # may shorten it; the TokenRequest answer is what counts.
 OPERATOR_TOKEN_SECONDS = 86400
 
-REQUIRED_BINARIES = (*CLUSTER_BINARIES, "kubectl", "livekit-server")
+REQUIRED_BINARIES = (*CLUSTER_BINARIES, "kubectl", "kubelet", "livekit-server")
 
 
 class DemoError(RuntimeError):
@@ -206,7 +210,7 @@ class Demo:
         self.paths = paths
         self.out = out
         self.name = stream_name()
-        self.ns: netns.NetNamespace | None = None
+        self.node: localnode.RealNode | None = None
         self.livekit: LiveKitServer | None = None
         self.emulator: EmulatorProcess | None = None
         self._emulator_log: Any = None
@@ -215,18 +219,44 @@ class Demo:
 
     # Start-up ---------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, publisher_image: image.ImageRef) -> None:
         for file in (API_KEY_SECRET_EXAMPLE, STREAM_EXAMPLE):
             if not file.is_file():
                 raise DemoError(f"{file} is missing: run the demo from a checkout (make demo)")
-        self.out("Creating a network namespace for LiveKit (WebRTC ignores loopback) ...")
-        self.ns = netns.create()
+        self.out("Starting the control plane (etcd, kube-apiserver, controller-manager, ...) ...")
+        # No kwok Nodes: the real node is the only place a Pod can run.
+        self.plane = ControlPlane(nodes=0, binary_paths=self.paths)
+        self.plane.start()
+        self.out(
+            f"Control plane up in {self.plane.started_seconds or 0:.0f} s at {self.plane.server}."
+        )
+
+        self.out("Starting a node (kubelet, containerd, runc, a CNI bridge) ...")
+        self.node = localnode.RealNode.for_control_plane(
+            self.plane, kubelet=self.paths["kubelet"], kubelet_config={"registerWithTaints": []}
+        )
+        self.node.start()
+        started = time.monotonic()
+        self.node.import_image(publisher_image.archive)
+        self.out(
+            f"Node {self.node.name} Ready in {self.node.started_seconds or 0:.0f} s at "
+            f"{self.node.node_ip} (work directory {self.node.workdir}); imported "
+            f"{publisher_image.name} in {time.monotonic() - started:.0f} s."
+        )
+
+        # On the node's address: Pods reach the node's host, and WebRTC ignores loopback.
+        address = self.node.node_ip
         self.livekit = LiveKitServer(
-            self.ns, binary=self.paths["livekit-server"], workdir=self.workdir / "livekit"
+            netns.HostAddress(address),
+            port=free_port(address),
+            rtc_tcp_port=free_port(address),
+            rtc_udp_port=free_port(address),
+            binary=self.paths["livekit-server"],
+            workdir=self.workdir / "livekit",
         )
         self.livekit.workdir.mkdir(parents=True, exist_ok=True)
         self.livekit.start()
-        self.out(f"LiveKit server at {self.livekit.url} (namespace {self.ns.name}).")
+        self.out(f"LiveKit server at {self.livekit.url} (the node's address).")
 
         self._emulator_log = (self.logs / "emulator.log").open("ab")
         self.emulator = EmulatorProcess(
@@ -241,17 +271,14 @@ class Demo:
         ).start()
         self.out(f"Overshoot emulator at {self.emulator.api_url}, media gateway joined to LiveKit.")
 
-        self.out("Starting the control plane (etcd, kube-apiserver, controller-manager, ...) ...")
-        self.plane = ControlPlane(nodes=1, binary_paths=self.paths)
-        self.plane.start()
-        self.out(
-            f"Control plane up in {self.plane.started_seconds or 0:.0f} s at {self.plane.server}."
-        )
-
         self.kubectl("apply", "--server-side", "-f", str(ROOT / "deploy" / "crds"))
         self.wait_for_established()
         self.kubectl("apply", "--server-side", "-f", str(ROOT / "deploy" / "rbac"))
         self.kubectl("create", "namespace", NAMESPACE)
+        # What a platform team enforces: the operator's Pods pass Pod Security `restricted`.
+        self.kubectl(
+            "label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"
+        )
         self.wait_for_default_service_account()
 
         sa_kubeconfig = kube.serviceaccount_kubeconfig(
@@ -267,8 +294,8 @@ class Demo:
                 "api_url": self.emulator.api_url,
                 "namespaces": NAMESPACE,
                 "status_poll_seconds": str(STATUS_POLL_SECONDS),
-                # Never pulled: the local runner starts the publisher from this checkout.
-                "publisher_image": "overshoot-operator:local",
+                # Never pulled: imported into the node's containerd (there is no registry).
+                "publisher_image": publisher_image.name,
                 "publisher_image_pull_policy": "Never",
             },
             log_path=self.logs / "operator.log",
@@ -342,8 +369,11 @@ class Demo:
     def api(self) -> httpx.AsyncClient:
         assert self.plane is not None and self.plane.pki is not None
         pki = self.plane.pki
-        return admin_client(
-            self.plane.server, ca_file=pki.ca_cert, cert_file=pki.admin_cert, key_file=pki.admin_key
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+        # trust_env=False: a proxy from the environment must never see 127.0.0.1 traffic.
+        return httpx.AsyncClient(
+            base_url=self.plane.server, verify=context, trust_env=False, timeout=10.0
         )
 
     def usage(self) -> str:
@@ -358,9 +388,10 @@ class Demo:
                 f"  kubectl get ovs -n {NAMESPACE}",
                 f"  kubectl describe ovs -n {NAMESPACE} {self.name}",
                 f"  kubectl get pods,secrets -n {NAMESPACE}",
+                f"  kubectl logs -n {NAMESPACE} {self.name}-publisher",
                 f"  kubectl apply -n {NAMESPACE} -f examples/test-pattern.yaml   # edit, re-apply",
-                f"Logs (operator, publishers, emulator, LiveKit): {self.logs}",
-                "Stop: Ctrl-C. Every process and the network namespace are removed.",
+                f"Logs (operator, emulator, LiveKit): {self.logs}",
+                "Stop: Ctrl-C. Every process, container, mount and interface is removed.",
                 "",
             ]
         )
@@ -373,6 +404,10 @@ class Demo:
             return "livekit-server"
         if self.emulator is not None and not self.emulator.running:
             return "emulator"
+        if self.node is not None:
+            for component in self.node.components.values():
+                if not component.running():
+                    return component.name
         if self.plane is not None:
             for component in self.plane.components.values():
                 if not component.running():
@@ -403,6 +438,9 @@ class Demo:
         steps: list[tuple[str, Callable[[], object]]] = []
         if self.operator is not None:
             steps.append(("operator", self.operator.stop))
+        if self.node is not None:
+            # Before the control plane: it deletes its Node object on the way out.
+            steps.append(("node", self.node.stop))
         if self.plane is not None:
             steps.append(("control plane", self.plane.stop))
         if self.emulator is not None:
@@ -411,14 +449,12 @@ class Demo:
             steps.append(("emulator log", self._emulator_log.close))
         if self.livekit is not None:
             steps.append(("LiveKit server", self.livekit.stop))
-        if self.ns is not None:
-            steps.append(("network namespace", self.ns.remove))
         for what, step in steps:
             try:
                 step()
             except Exception as err:  # one failed step must not leave the rest running
                 print(f"Stopping the {what} failed: {err}", file=sys.stderr, flush=True)
-        self.operator = self.plane = self.emulator = self.livekit = self.ns = None
+        self.operator = self.node = self.plane = self.emulator = self.livekit = None
         self._emulator_log = None
 
 
@@ -432,65 +468,55 @@ def _relative(path: str) -> str:
 
 
 async def watch(demo: Demo, stop: asyncio.Event, *, deadline: float | None) -> int:
-    """Run the runner and print status until the goal (with a deadline) or until `stop`."""
+    """Print status until the goal (with a deadline) or until `stop`."""
     out = demo.out
     async with demo.api() as api:
-        runner = PodRunner(api, workdir=demo.workdir / "pods", log_dir=demo.logs)
-        runner_task = asyncio.create_task(runner.run(stop), name="runner")
         progress = Progress()
         path = STREAMS_PATH.format(namespace=NAMESPACE, name=demo.name)
         started = time.monotonic()
         reached = False
         last_printed = 0.0
         last_state: tuple[str | None, str | None, str | None] = (None, None, None)
-        try:
-            await asyncio.to_thread(demo.apply_examples)
-            out("")
-            out(HEADER)
-            while not stop.is_set():
-                if runner_task.done():
-                    runner_task.result()
-                    raise DemoError("the local Pod runner stopped")
-                dead = demo.dead_component()
-                if dead is not None:
-                    raise DemoError(f"{dead} exited on its own")
-                obj: dict[str, Any] | None = None
-                try:
-                    response = await api.get(path)
-                    if response.status_code == 200:
-                        obj = response.json()
-                except httpx.HTTPError as err:
-                    out(f"(reading the OvershootStream failed: {err})")
-                view = StreamView.from_object(obj)
-                now = time.monotonic()
-                # Every read until the goal; after it, transitions and a periodic line.
-                state = (view.phase, view.stream_id, view.reason)
-                if not reached or state != last_state or now - last_printed >= QUIET_INTERVAL:
-                    out(format_row(now - started, demo.name, view))
-                    last_printed, last_state = now, state
-                if not reached and progress.update(view):
-                    reached = True
-                    out(
-                        f"\nOvershootStream {NAMESPACE}/{demo.name} is Publishing: the media "
-                        f"gateway decoded frames {progress.first_frames} -> "
-                        f"{progress.last_frames}, sent by the publisher through LiveKit."
-                    )
-                    if deadline is not None:
-                        return 0
-                    out(demo.usage())
-                if deadline is not None and now > deadline:
-                    raise DemoError(
-                        f"OvershootStream {NAMESPACE}/{demo.name} did not reach Publishing with "
-                        f"growing frames in time (last: phase {view.phase}, "
-                        f"frames {view.frames}, reason {view.reason})"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), READ_INTERVAL)
-            return 0 if reached or deadline is None else 130
-        finally:
-            # The runner stops every publisher before the stack under it goes away.
-            stop.set()
-            await asyncio.gather(runner_task, return_exceptions=True)
+        await asyncio.to_thread(demo.apply_examples)
+        out("")
+        out(HEADER)
+        while not stop.is_set():
+            dead = demo.dead_component()
+            if dead is not None:
+                raise DemoError(f"{dead} exited on its own")
+            obj: dict[str, Any] | None = None
+            try:
+                response = await api.get(path)
+                if response.status_code == 200:
+                    obj = response.json()
+            except httpx.HTTPError as err:
+                out(f"(reading the OvershootStream failed: {err})")
+            view = StreamView.from_object(obj)
+            now = time.monotonic()
+            # Every read until the goal; after it, transitions and a periodic line.
+            state = (view.phase, view.stream_id, view.reason)
+            if not reached or state != last_state or now - last_printed >= QUIET_INTERVAL:
+                out(format_row(now - started, demo.name, view))
+                last_printed, last_state = now, state
+            if not reached and progress.update(view):
+                reached = True
+                out(
+                    f"\nOvershootStream {NAMESPACE}/{demo.name} is Publishing: the media "
+                    f"gateway decoded frames {progress.first_frames} -> "
+                    f"{progress.last_frames}, sent by the publisher container through LiveKit."
+                )
+                if deadline is not None:
+                    return 0
+                out(demo.usage())
+            if deadline is not None and now > deadline:
+                raise DemoError(
+                    f"OvershootStream {NAMESPACE}/{demo.name} did not reach Publishing with "
+                    f"growing frames in time (last: phase {view.phase}, "
+                    f"frames {view.frames}, reason {view.reason})"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), READ_INTERVAL)
+        return 0 if reached or deadline is None else 130
 
 
 def run(timeout: float | None, keep_logs: bool) -> int:
@@ -502,20 +528,26 @@ def run(timeout: float | None, keep_logs: bool) -> int:
 
     if os.geteuid() != 0:
         print(
-            "error: the demo needs root (CAP_NET_ADMIN) to create the network namespace "
-            "LiveKit runs in; run it as root or in a container with --cap-add NET_ADMIN.",
+            "error: the demo needs root: its node runs containerd and a kubelet, and makes "
+            "the Pod network; run it as root (or in a privileged container).",
             file=sys.stderr,
         )
         return 1
     try:
         out("Checking the Go-built binaries (the first run builds them; that takes a while) ...")
         paths = binaries.ensure(list(REQUIRED_BINARIES))
+        out("Checking the node's Debian packages (containerd, runc, CNI plugins) ...")
+        localnode.ensure_packages()
+        out("Checking the image (make image: the first run builds it, a few minutes) ...")
+        publisher_image = image.ensure_image()
     except KeyboardInterrupt:
         return 130
-    except binaries.BuildError as err:
+    except (binaries.BuildError, image.ImageError, localnode.NodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    # The deadline starts once the binaries exist: a cold build is not part of the demo.
+    out(f"Image {publisher_image.name} ({publisher_image.image_id.removeprefix('sha256:')[:12]}).")
+    # The deadline starts once the binaries and the image exist: a cold build is not part
+    # of the demo.
     deadline = None if timeout is None else time.monotonic() + timeout
     workdir = Path(tempfile.mkdtemp(prefix="overshoot-demo-"))
     logging.basicConfig(
@@ -527,7 +559,7 @@ def run(timeout: float | None, keep_logs: bool) -> int:
     code = 1
     failed = False
     try:
-        demo.start()
+        demo.start(publisher_image)
         out(demo.usage())
         loop_stop: asyncio.Event | None = None
 
@@ -552,7 +584,7 @@ def run(timeout: float | None, keep_logs: bool) -> int:
         print(f"\nerror: {err}\n\n{demo.log_tails()}", file=sys.stderr, flush=True)
         code = 1
     finally:
-        out("Stopping: publishers, operator, control plane, emulator, LiveKit, namespace ...")
+        out("Stopping: operator, node (publisher containers), control plane, emulator, LiveKit ...")
         demo.close()
         if failed or keep_logs:
             out(f"Logs kept in {demo.logs}")

@@ -2,7 +2,9 @@
 
 The server runs inside a network namespace (see `netns.py` for why and for the topology),
 bound to the namespace-side veth address, which is also its ICE node IP. Clients on the
-host reach it at `url` (ws://<namespace ip>:<port>).
+host reach it at `url` (ws://<namespace ip>:<port>). For a real node's Pods, which reach
+only the host, it runs on one of the host's addresses instead (`netns.HostAddress`) and
+gathers ICE candidates on that address alone.
 
 The config is generated (not `--dev`) so that:
 - API keys are per instance, and `restart(rotate=[key])` revokes every token signed with
@@ -33,7 +35,7 @@ from types import TracebackType
 from typing import IO
 
 from overshoot_localstack import binaries
-from overshoot_localstack.netns import NetNamespace
+from overshoot_localstack.netns import HostAddress, NetNamespace
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class LiveKitServer:
 
     def __init__(
         self,
-        ns: NetNamespace,
+        ns: NetNamespace | HostAddress,
         *,
         port: int = 7880,
         rtc_tcp_port: int = 7881,
@@ -102,19 +104,23 @@ class LiveKitServer:
         return self._binary
 
     def config(self) -> dict[str, object]:
+        rtc: dict[str, object] = {
+            "tcp_port": self.rtc_tcp_port,
+            "udp_port": self.rtc_udp_port,
+            "node_ip": self.host,
+            "use_external_ip": False,
+            # Anything but empty keeps LiveKit from handing clients Google's STUN
+            # servers; this one is the server's own address, so no packet leaves.
+            "stun_servers": [f"{self.host}:{self.rtc_udp_port}"],
+        }
+        if isinstance(self.ns, HostAddress):
+            # On the host, only the one address: no candidate on the host's real network.
+            rtc["ips"] = {"includes": [f"{self.host}/32"]}
         return {
             "port": self.port,
             "bind_addresses": [self.host],
             "keys": dict(self.keys),
-            "rtc": {
-                "tcp_port": self.rtc_tcp_port,
-                "udp_port": self.rtc_udp_port,
-                "node_ip": self.host,
-                "use_external_ip": False,
-                # Anything but empty keeps LiveKit from handing clients Google's STUN
-                # servers; this one is the server's own address, so no packet leaves.
-                "stun_servers": [f"{self.host}:{self.rtc_udp_port}"],
-            },
+            "rtc": rtc,
             "logging": {"level": self.log_level},
         }
 

@@ -91,17 +91,20 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class HlsSource:
-    """A live HLS stream of a test pattern at `url`, served from 127.0.0.1."""
+    """A live HLS stream of a test pattern at `url`, served from `address` (127.0.0.1, or a
+    real node's address for Pods to reach)."""
 
     def __init__(
         self,
         *,
+        address: str = "127.0.0.1",
         width: int = 640,
         height: int = 360,
         fps: int = 15,
         segment_seconds: float = 1.0,
         bframes: int = 0,
     ) -> None:
+        self.address = address
         self.width, self.height, self.fps = width, height, fps
         self.segment_seconds = segment_seconds
         self.bframes = bframes
@@ -119,11 +122,11 @@ class HlsSource:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/live.m3u8"
+        return f"http://{self.address}:{self._server.server_address[1]}/live.m3u8"
 
     def start(self, timeout: float = 20.0) -> None:
         handler = functools.partial(_QuietHandler, directory=str(self._dir))
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = http.server.ThreadingHTTPServer((self.address, 0), handler)
         self._serve_thread = threading.Thread(
             target=self._server.serve_forever, name="hls-http", daemon=True
         )

@@ -136,6 +136,22 @@ class NetNamespace:
         self.remove()
 
 
+@dataclasses.dataclass(frozen=True)
+class HostAddress:
+    """One of the host's own addresses, for a server that a client outside every namespace
+    must reach: a real node's Pods (`node.py`) route only to the host itself, which does
+    not forward to the LiveKit namespace. The part of `NetNamespace` a server needs
+    (`ns_ip`, `popen`), run in the host's network namespace."""
+
+    ns_ip: str
+
+    def exec_argv(self, argv: Sequence[str]) -> list[str]:
+        return list(argv)
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        return subprocess.Popen(list(argv), **kwargs)
+
+
 def create() -> NetNamespace:
     """Create a fresh namespace `ovs<N>` with a veth pair on 10.213.<N>.0/30.
 

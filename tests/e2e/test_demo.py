@@ -1,6 +1,7 @@
 """`make demo`, the way a newcomer meets the project: `overshoot-localstack demo` as a
-subprocess reaches Publishing with a real, growing frame count, and leaves nothing behind,
-whether it ends on its own (`--timeout`, as CI runs it) or by Ctrl-C."""
+subprocess reaches Publishing with a real, growing frame count sent by a publisher
+container on a real node, and leaves nothing behind, whether it ends on its own
+(`--timeout`, as CI runs it) or by Ctrl-C."""
 
 from __future__ import annotations
 
@@ -44,21 +45,28 @@ def _publishing_frames(output: str) -> list[int]:
 
 
 def _leftovers(output: str) -> list[str]:
-    """What the demo's output names that still exists: namespace, processes, ports, files."""
+    """What the demo's output names that still exists: the node (its interfaces, cgroups,
+    work directory), processes, ports, files."""
     found: list[str] = []
-    namespace = re.search(r"Created network namespace (ovs\d+)", output)
-    assert namespace, output
-    if (
-        namespace[1]
-        in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    ):
-        found.append(f"network namespace {namespace[1]}")
+    node = re.search(r"Node (overshoot-node-(\d+)) Ready in .*\(work directory (\S+)\)", output)
+    assert node, output
+    index = node[2]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    found.extend(
+        f"interface {name}"
+        for name in (f"ovkb{index}", f"ovkp{index}", f"ovkn{index}")
+        if re.search(rf"^\d+: {name}[@:]", links, re.MULTILINE)
+    )
+    found.extend(
+        f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob(f"*/{node[1]}") if path.exists()
+    )
     paths = [
         Path(m[1]).parent
         for pattern in (r"export KUBECONFIG=(\S+)", r"Logs \(.*\): (\S+)")
         if (m := re.search(pattern, output))
     ]
     assert len(paths) == 2, output
+    paths.append(Path(node[3]))
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()

@@ -1,0 +1,446 @@
+"""The operator's publisher Pods as real containers: the image built from the Dockerfile,
+run by a real kubelet + containerd (`overshoot_localstack.node`) in a namespace that
+enforces Pod Security `restricted`, publishing over the Pod network into a real LiveKit
+server, with the emulator as Overshoot and its media gateway counting frames.
+
+The Pods reach only the node's host: LiveKit and the sources listen on the node's address
+(`netns.HostAddress`), as a camera on the LAN and a LiveKit server outside the cluster would.
+
+What a user meets and these assert: the stream reaches Publishing from the container;
+`kubectl logs` and `kubectl describe pod` work; a recreated stream's Secret reaches the
+running container through the kubelet (the operator's Pod annotation makes it sync at once)
+and frames arrive in the new room; a rotated token reaches the container on the kubelet's
+own schedule; a wrong camera password ends in the Pod's termination message, crash-loops
+with the kubelet's backoff, and shows in the resource's status.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes import client
+from nodekit import NodeRun
+
+from fixtures.cluster import wait_for
+from fixtures.operator import put_api_key
+from fixtures.streams import condition, create_stream, publisher_pod, status, stream_manifest
+from overshoot_localstack import binaries, image, netns
+from overshoot_localstack import cluster as localcluster
+from overshoot_localstack.emulator import EmulatorProcess
+from overshoot_localstack.livekit import LiveKitServer
+from overshoot_localstack.media import HlsSource
+from overshoot_localstack.rtsp import RtspServer, free_port
+from overshoot_operator import resource as res
+from overshoot_publisher.config import PUBLISH_SECRET_DIR, PUBLISH_TOKEN_KEY
+
+pytestmark = pytest.mark.integration
+
+FRAMES_TIMEOUT = 180.0  # a cold container start: the image's Python and media stack
+
+
+@dataclasses.dataclass
+class PodStack:
+    """The real node with the project's image imported, and the media side for its Pods."""
+
+    run: NodeRun
+    image: str
+    livekit: LiveKitServer
+    emulator: EmulatorProcess
+    http: httpx.Client
+
+    @property
+    def node_ip(self) -> str:
+        return self.run.node.node_ip
+
+    def frames(self, stream_id: str) -> int:
+        response = self.http.get(self.emulator.url + "/_emulator/gateway")
+        response.raise_for_status()
+        return int(response.json().get(stream_id, {}).get("frames", 0))
+
+
+@pytest.fixture(scope="module")
+def pod_stack(real_node: NodeRun, measured: dict[str, str]) -> Iterator[PodStack]:
+    started = time.monotonic()
+    ref = image.ensure_image()
+    measured["project image (make image, as found in the cache)"] = (
+        f"{time.monotonic() - started:.1f} s"
+    )
+    started = time.monotonic()
+    names = real_node.node.import_image(ref.archive)
+    measured["image import into the node's containerd"] = f"{time.monotonic() - started:.1f} s"
+    assert image.IMAGE in names, names
+    address = real_node.node.node_ip
+    livekit = LiveKitServer(
+        netns.HostAddress(address),
+        port=free_port(address),
+        rtc_tcp_port=free_port(address),
+        rtc_udp_port=free_port(address),
+        binary=binaries.ensure(["livekit-server"])["livekit-server"],
+    )
+    with (
+        livekit,
+        EmulatorProcess(
+            expire_interval=0.5,
+            livekit_url=livekit.url,
+            livekit_api_key=livekit.api_key,
+            livekit_api_secret=livekit.api_secret,
+        ) as emulator,
+        httpx.Client(timeout=10, trust_env=False) as http,
+    ):
+        yield PodStack(real_node, image.IMAGE, livekit, emulator, http)
+
+
+@pytest.fixture
+def cams(kube_api: client.ApiClient, namespace: str) -> str:
+    """The test's namespace, enforcing Pod Security `restricted`, with the API key."""
+    client.CoreV1Api(kube_api).patch_namespace(
+        namespace,
+        {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+    )
+    put_api_key(kube_api, namespace)
+    return namespace
+
+
+def on_the_node(stack: PodStack) -> dict[str, Any]:
+    scheduling = stack.run.node.scheduling()
+    return {"nodeSelector": scheduling["nodeSelector"], "tolerations": scheduling["tolerations"]}
+
+
+def start_operator(run_operator: Any, stack: PodStack, **settings: Any) -> Any:
+    return run_operator(
+        stack.emulator,
+        publisher_image=stack.image,
+        # Imported into the node's containerd; there is no registry to pull from.
+        publisher_image_pull_policy="Never",
+        **settings,
+    )
+
+
+def kubectl(cluster: localcluster.ControlPlane, *args: str) -> str:
+    binary = binaries.ensure(["kubectl"])["kubectl"]
+    result = subprocess.run(
+        [str(binary), "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+def publish_secret_data(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, str]:
+    secret = core.read_namespaced_secret(res.publish_secret_name(name), namespace)
+    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+
+def in_root(root: Path, path: str) -> Path:
+    """`path` inside a container's root filesystem `root` (/proc/<pid>/root), with the
+    container's absolute symlinks (the image's /var/run -> /run) resolved against that
+    root, not against the host's as the kernel would from out here."""
+    resolved = root
+    parts = [p for p in path.split("/") if p]
+    for _ in range(40):  # symlink hops, like the kernel's limit
+        if not parts:
+            return resolved
+        candidate = resolved / parts.pop(0)
+        if candidate.is_symlink():
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = root
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        resolved = candidate
+    raise AssertionError(f"too many symlinks resolving {path} in {root}")
+
+
+def mounted(stack: PodStack, pod: client.V1Pod, key: str) -> str | None:
+    """A file of the publish Secret volume as the running container sees it."""
+    statuses = pod.status.container_statuses or []
+    if not statuses or not statuses[0].container_id or not statuses[0].state.running:
+        return None
+    pid = stack.run.node.container_pid(statuses[0].container_id)
+    try:
+        return in_root(Path(f"/proc/{pid}/root"), f"{PUBLISH_SECRET_DIR}/{key}").read_text()
+    except OSError:
+        return None
+
+
+def wait_publishing(api: client.ApiClient, stack: PodStack, namespace: str, name: str) -> str:
+    stream_id: str = wait_for(
+        lambda: status(api, namespace, name).get("streamId"), 60, what="status.streamId"
+    )
+    wait_for(
+        lambda: stack.frames(stream_id) > 0,
+        FRAMES_TIMEOUT,
+        what=f"frames of stream {stream_id} at the gateway",
+    )
+    wait_for(
+        lambda: status(api, namespace, name).get("phase") == "Publishing",
+        60,
+        what=f"{name} Publishing",
+    )
+    return stream_id
+
+
+def test_a_publisher_container_reaches_publishing(
+    pod_stack: PodStack,
+    cluster: localcluster.ControlPlane,
+    kube_api: client.ApiClient,
+    cams: str,
+    run_operator: Any,
+    measured: dict[str, str],
+) -> None:
+    start_operator(run_operator, pod_stack)
+    created = time.monotonic()
+    create_stream(
+        kube_api,
+        cams,
+        stream_manifest(
+            "lobby",
+            source={"testPattern": {"pattern": "ball", "width": 640, "height": 360, "fps": 15}},
+            publisher=on_the_node(pod_stack),
+        ),
+    )
+    stream_id = wait_publishing(kube_api, pod_stack, cams, "lobby")
+    measured["apply -> Publishing from a publisher container (image cached on the node)"] = (
+        f"{time.monotonic() - created:.1f} s"
+    )
+    first = pod_stack.frames(stream_id)
+    wait_for(lambda: pod_stack.frames(stream_id) > first + 15, 30, what="frames keep coming")
+
+    pod = publisher_pod(kube_api, cams, "lobby")
+    assert pod.spec.node_name == pod_stack.run.node.name
+    assert pod.status.pod_ip and pod.status.pod_ip.startswith("10.217.")
+    (container,) = pod.status.container_statuses
+    assert container.image == pod_stack.image or container.image.endswith(pod_stack.image)
+    # Readiness is the publisher's own /readyz: ready once frames flow.
+    wait_for(
+        lambda: publisher_pod(kube_api, cams, "lobby").status.container_statuses[0].ready,
+        30,
+        what="the publisher container Ready",
+    )
+    assert container.restart_count == 0
+    assert pod.metadata.annotations[res.PUBLISH_STREAM_ANNOTATION] == stream_id
+
+    logs = kubectl(cluster, "logs", "-n", cams, "lobby-publisher")
+    assert f"for stream {stream_id}" in logs, logs
+    assert "Publishing" in logs, logs
+    secret = publish_secret_data(client.CoreV1Api(kube_api), cams, "lobby")
+    assert secret[PUBLISH_TOKEN_KEY] not in logs
+    described = kubectl(cluster, "describe", "pod", "-n", cams, "lobby-publisher")
+    assert f"Node:             {pod_stack.run.node.name}/" in described, described
+    assert "Readiness:" in described and "/readyz" in described, described
+
+
+@pytest.mark.parametrize("kind", ["rtsp", "hls"])
+def test_a_camera_on_the_network_publishes_from_the_container(
+    kind: str,
+    pod_stack: PodStack,
+    kube_api: client.ApiClient,
+    cams: str,
+    run_operator: Any,
+) -> None:
+    """The sources a user points at: an RTSP camera with credentials and a live HLS
+    stream, both on the node's network, pulled by the publisher over the Pod network."""
+    with contextlib.ExitStack() as stack:
+        if kind == "rtsp":
+            camera = stack.enter_context(
+                RtspServer(address=pod_stack.node_ip, username="viewer", password="pw-5e1b")
+            )
+            client.CoreV1Api(kube_api).create_namespaced_secret(
+                cams,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": "lobby-cam"},
+                    "stringData": {"username": "viewer", "password": "pw-5e1b"},
+                },
+            )
+            source = {"rtsp": {"url": camera.url, "credentialsSecretRef": {"name": "lobby-cam"}}}
+        else:
+            hls = HlsSource(address=pod_stack.node_ip)
+            hls.start()
+            stack.callback(hls.stop)
+            source = {"url": {"url": hls.url}}
+        start_operator(run_operator, pod_stack)
+        create_stream(
+            kube_api,
+            cams,
+            stream_manifest("lobby", source=source, publisher=on_the_node(pod_stack)),
+        )
+        stream_id = wait_publishing(kube_api, pod_stack, cams, "lobby")
+        first = pod_stack.frames(stream_id)
+        wait_for(lambda: pod_stack.frames(stream_id) > first + 10, 30, what="frames keep coming")
+
+
+def test_a_recreated_stream_reaches_the_running_container(
+    pod_stack: PodStack,
+    kube_api: client.ApiClient,
+    cams: str,
+    run_operator: Any,
+    measured: dict[str, str],
+) -> None:
+    """The remote stream is reaped; the operator recreates it, writes the Secret and
+    annotates the Pod; the kubelet swaps the Secret into the running container, whose
+    publisher follows it into the new room. Without the annotation, the kubelet would
+    swap it at its next periodic sync (test_node measures that)."""
+    start_operator(run_operator, pod_stack)
+    create_stream(
+        kube_api,
+        cams,
+        stream_manifest("lobby", onRemoteEnd="Recreate", publisher=on_the_node(pod_stack)),
+    )
+    old = wait_publishing(kube_api, pod_stack, cams, "lobby")
+    pod_uid = publisher_pod(kube_api, cams, "lobby").metadata.uid
+
+    reaped = time.monotonic()
+    pod_stack.emulator.admin.reap(old)
+    new: str = wait_for(
+        lambda: (sid := status(kube_api, cams, "lobby").get("streamId")) != old and sid,
+        60,
+        what="a new status.streamId",
+    )
+    recreated = time.monotonic()
+    wait_for(lambda: pod_stack.frames(new) > 0, 120, what=f"frames in the new stream {new}")
+    arrived = time.monotonic()
+    pod = publisher_pod(kube_api, cams, "lobby")
+    # The same container followed; nothing was restarted or replaced.
+    assert pod.metadata.uid == pod_uid
+    assert pod.status.container_statuses[0].restart_count == 0
+    assert pod.metadata.annotations[res.PUBLISH_STREAM_ANNOTATION] == new
+    assert mounted(pod_stack, pod, "streamId") == new
+    wait_for(
+        lambda: status(kube_api, cams, "lobby").get("phase") == "Publishing",
+        60,
+        what="Publishing in the new stream",
+    )
+    measured["stream reaped -> new stream recorded"] = f"{recreated - reaped:.1f} s"
+    measured["new stream recorded -> its first frame (running container, real kubelet)"] = (
+        f"{arrived - recreated:.1f} s"
+    )
+    print(
+        f"reaped -> recreated {recreated - reaped:.1f} s; recreated -> frames in the new room "
+        f"{arrived - recreated:.1f} s"
+    )
+
+
+def test_a_rotated_token_reaches_the_container_on_the_kubelets_schedule(
+    pod_stack: PodStack,
+    kube_api: client.ApiClient,
+    cams: str,
+    run_operator: Any,
+    measured: dict[str, str],
+) -> None:
+    """Token rotations are not announced to the kubelet (see children.py): the new token
+    reaches the volume at the kubelet's next periodic sync, while the old one still works."""
+    start_operator(run_operator, pod_stack)
+    create_stream(
+        kube_api,
+        cams,
+        stream_manifest("lobby", keepaliveIntervalSeconds=30, publisher=on_the_node(pod_stack)),
+    )
+    wait_publishing(kube_api, pod_stack, cams, "lobby")
+    core = client.CoreV1Api(kube_api)
+    pod = publisher_pod(kube_api, cams, "lobby")
+    in_container = wait_for(
+        lambda: mounted(pod_stack, pod, PUBLISH_TOKEN_KEY), 30, what="a token in the container"
+    )
+    # Time the next rotation from the moment it is written: the container may still lag
+    # behind one the Secret had before.
+    known = {in_container, publish_secret_data(core, cams, "lobby")[PUBLISH_TOKEN_KEY]}
+    rotated: str = wait_for(
+        lambda: (
+            (t := publish_secret_data(core, cams, "lobby")[PUBLISH_TOKEN_KEY]) not in known and t
+        ),
+        90,
+        what="a keepalive to rotate the token in the Secret",
+    )
+    written = time.monotonic()
+    swapped_in: str = wait_for(
+        lambda: (t := mounted(pod_stack, pod, PUBLISH_TOKEN_KEY)) not in known and t,
+        240,
+        interval=0.5,
+        what="the rotated token in the container's volume",
+    )
+    swapped = time.monotonic()
+    # A later keepalive may have rotated it again meanwhile; either is newer.
+    assert swapped_in in {rotated, publish_secret_data(core, cams, "lobby")[PUBLISH_TOKEN_KEY]}
+    assert condition(kube_api, cams, "lobby", "Publishing")["status"] == "True"
+    measured["token rotated in the Secret -> in the container (no annotation)"] = (
+        f"{swapped - written:.1f} s"
+    )
+
+
+def test_a_wrong_camera_password_is_a_termination_message_and_a_status(
+    pod_stack: PodStack,
+    cluster: localcluster.ControlPlane,
+    kube_api: client.ApiClient,
+    cams: str,
+    run_operator: Any,
+) -> None:
+    right, wrong = "pw-right-7f3a9c", "pw-wrong-91c2d4"
+    with RtspServer(address=pod_stack.node_ip, username="viewer", password=right) as camera:
+        core = client.CoreV1Api(kube_api)
+        core.create_namespaced_secret(
+            cams,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "lobby-cam"},
+                "stringData": {"username": "viewer", "password": wrong},
+            },
+        )
+        start_operator(run_operator, pod_stack)
+        create_stream(
+            kube_api,
+            cams,
+            stream_manifest(
+                "lobby",
+                source={"rtsp": {"url": camera.url, "credentialsSecretRef": {"name": "lobby-cam"}}},
+                publisher=on_the_node(pod_stack),
+            ),
+        )
+
+        def crash_looping() -> Any:
+            pod = publisher_pod(kube_api, cams, "lobby")
+            statuses = (pod.status.container_statuses or []) if pod else []
+            if not statuses or statuses[0].restart_count < 2:
+                return None
+            return statuses[0]
+
+        container = wait_for(crash_looping, FRAMES_TIMEOUT, what="the publisher restarted twice")
+        terminated = container.last_state.terminated
+        assert terminated is not None and terminated.exit_code == 3, container
+        message = terminated.message or ""
+        assert "credentials" in message.lower() or "401" in message, message
+        assert wrong not in message and right not in message, message
+
+        ready = wait_for(
+            lambda: (
+                (c := condition(kube_api, cams, "lobby", "Ready"))["reason"] == "PublisherFailing"
+                and c
+            ),
+            60,
+            what="Ready False with reason PublisherFailing",
+        )
+        assert ready["status"] == "False"
+        assert "code 3" in ready["message"], ready
+        assert message.split()[0] in ready["message"], (message, ready)
+        assert status(kube_api, cams, "lobby")["phase"] == "Degraded"
+        assert wrong not in str(status(kube_api, cams, "lobby"))
+
+        described = kubectl(cluster, "describe", "pod", "-n", cams, "lobby-publisher")
+        assert "Exit Code:    3" in described, described
+        events = kubectl(cluster, "get", "events", "-n", cams, "--field-selector", "reason=BackOff")
+        assert "lobby-publisher" in events, events
