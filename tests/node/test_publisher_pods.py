@@ -284,6 +284,77 @@ def test_a_camera_on_the_network_publishes_from_the_container(
         wait_for(lambda: pod_stack.frames(stream_id) > first + 10, 30, what="frames keep coming")
 
 
+def pod_ready(api: client.ApiClient, namespace: str, name: str) -> bool:
+    pod = publisher_pod(api, namespace, name)
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def test_a_camera_outage_is_unready_then_resumes_without_a_restart(
+    pod_stack: PodStack,
+    kube_api: client.ApiClient,
+    cams: str,
+    run_operator: Any,
+) -> None:
+    """The camera goes away for a while: the kubelet's readiness probe takes the Pod out
+    of Ready, the resource stops being Publishing, and once the camera is back frames flow
+    again from the same container (the publisher reconnects; the kubelet restarts nothing)."""
+    with RtspServer(address=pod_stack.node_ip) as camera:
+        start_operator(run_operator, pod_stack)
+        create_stream(
+            kube_api,
+            cams,
+            stream_manifest(
+                "lobby", source={"rtsp": {"url": camera.url}}, publisher=on_the_node(pod_stack)
+            ),
+        )
+        stream_id = wait_publishing(kube_api, pod_stack, cams, "lobby")
+        wait_for(lambda: pod_ready(kube_api, cams, "lobby"), 30, what="the Pod Ready")
+
+        camera.kill()
+        wait_for(lambda: not pod_ready(kube_api, cams, "lobby"), 60, what="the Pod unready")
+        wait_for(
+            lambda: condition(kube_api, cams, "lobby", "Publishing")["reason"] == "FramesStopped",
+            60,
+            what="Publishing False, FramesStopped",
+        )
+
+        camera.start()
+        resumed = pod_stack.frames(stream_id)
+        wait_for(lambda: pod_stack.frames(stream_id) > resumed + 10, 90, what="frames again")
+        wait_for(lambda: pod_ready(kube_api, cams, "lobby"), 60, what="the Pod Ready again")
+        wait_for(
+            lambda: status(kube_api, cams, "lobby").get("phase") == "Publishing",
+            60,
+            what="Publishing again",
+        )
+        pod = publisher_pod(kube_api, cams, "lobby")
+        assert pod.status.container_statuses[0].restart_count == 0
+
+
+def test_a_livekit_restart_is_survived_by_the_running_container(
+    pod_stack: PodStack,
+    kube_api: client.ApiClient,
+    cams: str,
+    run_operator: Any,
+) -> None:
+    """LiveKit is killed and comes back 15 s later on the same address: the publisher in
+    the container rejoins the room and frames flow again, without a container restart."""
+    start_operator(run_operator, pod_stack)
+    create_stream(kube_api, cams, stream_manifest("lobby", publisher=on_the_node(pod_stack)))
+    stream_id = wait_publishing(kube_api, pod_stack, cams, "lobby")
+
+    pod_stack.livekit.restart(kill=True, down_for=15)
+    resumed = pod_stack.frames(stream_id)
+    wait_for(lambda: pod_stack.frames(stream_id) > resumed + 10, 120, what="frames again")
+    wait_for(
+        lambda: status(kube_api, cams, "lobby").get("phase") == "Publishing",
+        60,
+        what="Publishing again",
+    )
+    pod = publisher_pod(kube_api, cams, "lobby")
+    assert pod.status.container_statuses[0].restart_count == 0
+
+
 def test_a_recreated_stream_reaches_the_running_container(
     pod_stack: PodStack,
     kube_api: client.ApiClient,
