@@ -207,7 +207,7 @@ def container_failure(statuses: list[Mapping[str, Any]]) -> str | None:
         message = " ".join(str(terminated.get("message") or "").split())
         text = f"publisher exited with code {terminated.get('exitCode')}"
         if restarts:
-            text += f" (restarted {restarts} times"
+            text += f" (restarted {restarts} time{'' if restarts == 1 else 's'}"
             text += f", {waiting['reason']})" if waiting.get("reason") else ")"
         return _clip(f"{text}: {message}" if message else text)
     return None

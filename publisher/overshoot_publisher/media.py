@@ -9,7 +9,10 @@ Role:
   A generated test pattern has nothing to pass through: it always takes the raw path.
 - `run_media()`: open the source, publish, pump frames against the deadline clock; on
   source loss reopen with backoff and jitter (the track stays published meanwhile); on a
-  reason the user must fix, raise `SourceRejected`.
+  reason the user must fix, raise `SourceRejected`, and also for a source that has not
+  delivered a single frame `SOURCE_GIVE_UP_SECONDS` after the start (so the cause reaches
+  the Pod's termination message and the resource's status, and the kubelet's restart
+  backoff takes over the retrying).
 
 Keyframes in passthrough (see also session.py): requests cannot be forwarded to a camera.
 They are counted, the subscriber waits for the source's next IDR, and in Auto mode a
@@ -43,6 +46,9 @@ Mode = Literal["passthrough", "transcode", "generate"]
 FPS_TOLERANCE = 1.05
 # Seconds a subscriber may wait for the source's next IDR before Auto gives up passthrough.
 KEYFRAME_WAIT_LIMIT = 10.0
+# A source that has delivered no frame this long after the start ends the process (see
+# MediaLoop._give_up_if_never_delivered): the status says why within about this long.
+SOURCE_GIVE_UP_SECONDS = 30.0
 
 
 def choose_mode(
@@ -85,6 +91,7 @@ class MediaLoop:
         *,
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
+        give_up_seconds: float = SOURCE_GIVE_UP_SECONDS,
     ) -> None:
         self._config = config
         self._spec = build_open_spec(config.source, credentials)
@@ -93,6 +100,9 @@ class MediaLoop:
         self._clock = clock
         self._backoff = backoff or Backoff(initial=1.0, cap=15.0)
         self._force_transcode = False
+        self._give_up_seconds = give_up_seconds
+        self._started = clock()
+        self._delivered = False
 
     async def run(self) -> None:
         """Publish until cancelled; raise SourceRejected for what the user must fix."""
@@ -119,6 +129,7 @@ class MediaLoop:
                 logger.warning("Switched to transcode: %s", switch.why)
                 self._force_transcode = True
             except SourceUnavailable as exc:
+                self._give_up_if_never_delivered(exc)
                 delay = self._backoff.next_delay()
                 self._metrics.reconnects.labels("source", exc.cause).inc()
                 self._metrics.state.last_error = str(exc)
@@ -128,7 +139,26 @@ class MediaLoop:
                 self._metrics.set_source_open(False)
                 await reader.aclose()
 
+    def _give_up_if_never_delivered(self, exc: SourceUnavailable) -> None:
+        """A source that has not delivered one frame since the start is given up on after
+        `give_up_seconds`: the exit puts the cause in the termination message, the
+        operator's status shows it, and the kubelet's restart backoff (10 s doubling to
+        5 min) retries it. A source that did deliver and then dropped (a camera rebooting)
+        is retried here, without a restart."""
+        waited = self._clock() - self._started
+        if self._delivered or waited < self._give_up_seconds:
+            return
+        source = f"Source {self._spec.label}"
+        last = str(exc).removeprefix(source).strip()
+        raise SourceRejected(
+            f"{source} delivered no frame in {waited:.0f}s since the publisher started "
+            f"(last attempt: {last}); check that it is reachable from the Pod network and "
+            "that spec.source names it right",
+            reason="SourceUnreachable",
+        )
+
     def _first_frame(self) -> None:
+        self._delivered = True
         self._backoff.reset()
 
     async def _pump_units(self, reader: SourceReader, info: StreamInfo, *, strict: bool) -> None:

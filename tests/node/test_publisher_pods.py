@@ -515,3 +515,44 @@ def test_a_wrong_camera_password_is_a_termination_message_and_a_status(
         assert "Exit Code:    3" in described, described
         events = kubectl(cluster, "get", "events", "-n", cams, "--field-selector", "reason=BackOff")
         assert "lobby-publisher" in events, events
+
+
+def test_an_unreachable_camera_says_why_and_is_retried_by_the_kubelet(
+    pod_stack: PodStack,
+    kube_api: client.ApiClient,
+    cams: str,
+    run_operator: Any,
+) -> None:
+    """Nothing listens where the camera should be: after SOURCE_GIVE_UP_SECONDS without a
+    frame the publisher exits with the cause, which the resource's status shows; the
+    kubelet restarts it with its backoff."""
+    closed = free_port(pod_stack.node_ip)  # bound and released: nothing listens there
+    start_operator(run_operator, pod_stack)
+    created = time.monotonic()
+    create_stream(
+        kube_api,
+        cams,
+        stream_manifest(
+            "lobby",
+            source={"rtsp": {"url": f"rtsp://{pod_stack.node_ip}:{closed}/stream1"}},
+            publisher=on_the_node(pod_stack),
+        ),
+    )
+    ready = wait_for(
+        lambda: (
+            (c := condition(kube_api, cams, "lobby", "Ready"))["reason"] == "PublisherFailing" and c
+        ),
+        120,
+        what="Ready False with reason PublisherFailing",
+    )
+    print(f"PublisherFailing {time.monotonic() - created:.0f} s after the apply: {ready}")
+    assert "refused the connection" in ready["message"], ready
+    assert "SourceUnreachable" in ready["message"], ready
+    assert status(kube_api, cams, "lobby")["phase"] == "Degraded"
+    wait_for(
+        lambda: (
+            publisher_pod(kube_api, cams, "lobby").status.container_statuses[0].restart_count >= 1
+        ),
+        120,
+        what="the kubelet to restart the publisher",
+    )
