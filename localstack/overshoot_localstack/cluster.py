@@ -459,18 +459,16 @@ def _stop_all() -> None:
             plane.stop()
 
 
-def _install_cleanup() -> None:
-    """Stop every control plane on interpreter exit and on SIGTERM/SIGHUP.
+def install_stop_on_exit(stop_all: Callable[[], None]) -> None:
+    """Call `stop_all` at interpreter exit and on SIGTERM/SIGHUP (for this harness and
+    node.py, each with its own `stop_all`).
 
     pytest turns Ctrl-C into KeyboardInterrupt and runs fixture teardown itself; SIGTERM and
     SIGHUP (a CI timeout, a closed terminal) would otherwise end Python without `atexit`.
-    The handler stops the children, then lets the signal do what it did before.
+    The handler stops the children, then lets the signal do what it did before (so one
+    installed later runs first).
     """
-    global _cleanup_installed
-    if _cleanup_installed:
-        return
-    _cleanup_installed = True
-    atexit.register(_stop_all)
+    atexit.register(stop_all)
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -483,7 +481,7 @@ def _install_cleanup() -> None:
             frame: types.FrameType | None,
             previous: Callable[[int, types.FrameType | None], Any] | int = previous,
         ) -> None:
-            _stop_all()
+            stop_all()
             if callable(previous):
                 previous(signum, frame)
                 return
@@ -491,6 +489,15 @@ def _install_cleanup() -> None:
             os.kill(os.getpid(), signum)
 
         signal.signal(sig, handler)
+
+
+def _install_cleanup() -> None:
+    """Stop every control plane on interpreter exit and on SIGTERM/SIGHUP."""
+    global _cleanup_installed
+    if _cleanup_installed:
+        return
+    _cleanup_installed = True
+    install_stop_on_exit(_stop_all)
 
 
 # --- the control plane -------------------------------------------------------------------

@@ -64,7 +64,6 @@ to wait for the Node and to delete it. Needs root. Binaries come from `binaries.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import dataclasses
 import datetime
@@ -83,9 +82,7 @@ import ssl
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
-import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -98,7 +95,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from overshoot_localstack import binaries
-from overshoot_localstack.cluster import Component, ControlPlane, tail, write_kubeconfig
+from overshoot_localstack.cluster import (
+    Component,
+    ControlPlane,
+    install_stop_on_exit,
+    tail,
+    write_kubeconfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -839,27 +842,7 @@ def _install_cleanup() -> None:
     if _cleanup_installed:
         return
     _cleanup_installed = True
-    atexit.register(_stop_all)
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        previous = signal.getsignal(sig)
-        if previous in (signal.SIG_IGN, None):
-            continue
-
-        def handler(
-            signum: int,
-            frame: types.FrameType | None,
-            previous: Callable[[int, types.FrameType | None], Any] | int = previous,
-        ) -> None:
-            _stop_all()
-            if callable(previous):
-                previous(signum, frame)
-                return
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-        signal.signal(sig, handler)
+    install_stop_on_exit(_stop_all)
 
 
 # --- the node -----------------------------------------------------------------------------

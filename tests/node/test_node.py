@@ -332,7 +332,7 @@ def test_host_is_left_as_found(real_node: NodeRun, kube_api: client.ApiClient) -
 
 
 _OWNER_SCRIPT = """
-import json, sys, time
+import json, signal, sys
 from pathlib import Path
 from overshoot_localstack.node import RealNode
 
@@ -341,7 +341,7 @@ node = RealNode(server=args["server"], ca_cert=Path(args["ca_cert"]), ca_key=Pat
 node.start()
 images = node.import_image(Path(args["archive"]))
 print(json.dumps({"name": node.name, "workdir": str(node.workdir), "images": images}), flush=True)
-time.sleep(600)
+signal.pause()  # until the test SIGKILLs this process
 """
 
 

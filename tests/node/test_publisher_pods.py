@@ -126,6 +126,30 @@ def start_operator(run_operator: Any, stack: PodStack, **settings: Any) -> Any:
     )
 
 
+def camera_secret(api: client.ApiClient, namespace: str, password: str) -> None:
+    """Secret `lobby-cam` with the camera's credentials (user `viewer`)."""
+    client.CoreV1Api(api).create_namespaced_secret(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "lobby-cam"},
+            "stringData": {"username": "viewer", "password": password},
+        },
+    )
+
+
+def wait_publisher_failing(api: client.ApiClient, namespace: str, timeout: float) -> Any:
+    """The `Ready` condition once its reason is PublisherFailing."""
+    return wait_for(
+        lambda: (
+            (c := condition(api, namespace, "lobby", "Ready"))["reason"] == "PublisherFailing" and c
+        ),
+        timeout,
+        what="Ready False with reason PublisherFailing",
+    )
+
+
 def kubectl(cluster: localcluster.ControlPlane, *args: str) -> str:
     binary = binaries.ensure(["kubectl"])["kubectl"]
     result = subprocess.run(
@@ -258,15 +282,7 @@ def test_a_camera_on_the_network_publishes_from_the_container(
             camera = stack.enter_context(
                 RtspServer(address=pod_stack.node_ip, username="viewer", password="pw-5e1b")
             )
-            client.CoreV1Api(kube_api).create_namespaced_secret(
-                cams,
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": "lobby-cam"},
-                    "stringData": {"username": "viewer", "password": "pw-5e1b"},
-                },
-            )
+            camera_secret(kube_api, cams, "pw-5e1b")
             source = {"rtsp": {"url": camera.url, "credentialsSecretRef": {"name": "lobby-cam"}}}
         else:
             hls = HlsSource(address=pod_stack.node_ip)
@@ -462,16 +478,7 @@ def test_a_wrong_camera_password_is_a_termination_message_and_a_status(
 ) -> None:
     right, wrong = "pw-right-7f3a9c", "pw-wrong-91c2d4"
     with RtspServer(address=pod_stack.node_ip, username="viewer", password=right) as camera:
-        core = client.CoreV1Api(kube_api)
-        core.create_namespaced_secret(
-            cams,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "lobby-cam"},
-                "stringData": {"username": "viewer", "password": wrong},
-            },
-        )
+        camera_secret(kube_api, cams, wrong)
         start_operator(run_operator, pod_stack)
         create_stream(
             kube_api,
@@ -497,14 +504,7 @@ def test_a_wrong_camera_password_is_a_termination_message_and_a_status(
         assert "credentials" in message.lower() or "401" in message, message
         assert wrong not in message and right not in message, message
 
-        ready = wait_for(
-            lambda: (
-                (c := condition(kube_api, cams, "lobby", "Ready"))["reason"] == "PublisherFailing"
-                and c
-            ),
-            60,
-            what="Ready False with reason PublisherFailing",
-        )
+        ready = wait_publisher_failing(kube_api, cams, 60)
         assert ready["status"] == "False"
         assert "code 3" in ready["message"], ready
         assert message.split()[0] in ready["message"], (message, ready)
@@ -538,13 +538,7 @@ def test_an_unreachable_camera_says_why_and_is_retried_by_the_kubelet(
             publisher=on_the_node(pod_stack),
         ),
     )
-    ready = wait_for(
-        lambda: (
-            (c := condition(kube_api, cams, "lobby", "Ready"))["reason"] == "PublisherFailing" and c
-        ),
-        120,
-        what="Ready False with reason PublisherFailing",
-    )
+    ready = wait_publisher_failing(kube_api, cams, 120)
     print(f"PublisherFailing {time.monotonic() - created:.0f} s after the apply: {ready}")
     assert "refused the connection" in ready["message"], ready
     assert "SourceUnreachable" in ready["message"], ready
