@@ -15,12 +15,14 @@ from collections.abc import Sequence
 
 from overshoot_emulator.config import (
     DEFAULT_PUBLISH_URL,
+    DEFAULT_SOURCE_CONNECT_TIMEOUT,
     DEFAULT_TOMBSTONE_SECONDS,
     DEFAULT_TTL_SECONDS,
     EmulatorConfig,
     LiveKitCredentials,
     key_digest,
 )
+from overshoot_emulator.regions import DEFAULT_REGION, parse_regions
 from overshoot_emulator.server import serve
 
 log = logging.getLogger("overshoot_emulator")
@@ -38,6 +40,13 @@ def _non_negative(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
     return value
+
+
+def _regions(text: str) -> tuple[str, ...]:
+    try:
+        return parse_regions(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: Sequence[str] | None) -> EmulatorConfig:
@@ -65,6 +74,25 @@ def parse_args(argv: Sequence[str] | None) -> EmulatorConfig:
         type=_non_negative,
         default=0.0,
         help="delay every API answer by this much (benchmarks; faults add to it)",
+    )
+    parser.add_argument(
+        "--regions",
+        type=_regions,
+        default=(DEFAULT_REGION,),
+        metavar="NAME[,NAME...]",
+        help=f"the regions served; the first is the default (default {DEFAULT_REGION})",
+    )
+    parser.add_argument(
+        "--source-connect-timeout",
+        type=_positive,
+        default=DEFAULT_SOURCE_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help="how long a create with a camera source retries before answering 422",
+    )
+    parser.add_argument(
+        "--allow-private-sources",
+        action="store_true",
+        help="pull from sources on private, loopback or link-local addresses (tests)",
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -97,6 +125,9 @@ def parse_args(argv: Sequence[str] | None) -> EmulatorConfig:
         ),
         access_log=args.access_log,
         latency_ms=args.latency_ms,
+        regions=args.regions,
+        source_connect_timeout=args.source_connect_timeout,
+        allow_private_sources=args.allow_private_sources,
     )
 
 

@@ -1,8 +1,10 @@
 """The test-only admin surface under `/_emulator/` (no auth, JSON in and out).
 
 Lets tests and demos see and steer what the real service keeps hidden: list streams,
-reap one, fake frames, cap streams per key, queue faults, read call counts, reset.
+create one in a given region, reap one, fake frames, cap streams per key, queue faults,
+read call counts, move the default region, see the camera pulls, reset.
 Nothing here is part of the Overshoot contract; listing is O(n) and that is fine here.
+A source URL never appears here: a pulled stream shows its source's type and host only.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from overshoot_emulator.api import stream_document
 from overshoot_emulator.config import key_digest, key_fingerprint
 from overshoot_emulator.faults import Fault
 from overshoot_emulator.state import EMULATOR, Abort, detail
-from overshoot_emulator.store import Limit, Stream, StreamEnded, StreamNotFound
+from overshoot_emulator.store import Limit, LimitReached, Stream, StreamEnded, StreamNotFound
 
 PREFIX = "/_emulator"
 
@@ -39,6 +41,20 @@ class LimitRequest(BaseModel):
     retry_after: float = Field(default=1.0, ge=0)
 
 
+class CreateStreamRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str = Field(min_length=1, repr=False)
+    # The default region when absent.
+    region: str | None = None
+
+
+class RegionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    region: str
+
+
 def admin_document(stream: Stream, now_ms: int) -> dict[str, Any]:
     frames = stream.frames(now_ms)
     return {
@@ -46,6 +62,10 @@ def admin_document(stream: Stream, now_ms: int) -> dict[str, Any]:
         "state": stream.state,
         "owner": stream.owner_fingerprint,
         "room": stream.room,
+        "region": stream.region,
+        "source_type": stream.source.type if stream.source else None,
+        "source_host": stream.source.host if stream.source else None,
+        "last_pull": stream.last_pull_ms,
         "created_at_ms": stream.created_at_ms,
         "expires_at_ms": stream.expires_at_ms,
         "ttl_seconds": stream.ttl_seconds,
@@ -83,6 +103,20 @@ async def list_streams(request: web.Request) -> web.Response:
         if state is None or stream.state == state
     ]
     return web.json_response({"streams": streams})
+
+
+async def create_stream(request: web.Request) -> web.Response:
+    """A client-published stream for `api_key` in `region`, as if that region created it."""
+    emulator = request.app[EMULATOR]
+    body = await _parse(request, CreateStreamRequest)
+    region = emulator.regions.default if body.region is None else body.region
+    if region not in emulator.regions:
+        raise Abort(detail(422, f"Unknown region {region!r}"))
+    try:
+        stream = emulator.store.create(key_digest(body.api_key), region=region)
+    except LimitReached as exc:
+        raise Abort(detail(429, str(exc))) from exc
+    return web.json_response(admin_document(stream, emulator.store.now_ms()), status=201)
 
 
 async def reap_stream(request: web.Request) -> web.Response:
@@ -152,6 +186,30 @@ async def reset_calls(request: web.Request) -> web.Response:
     return web.json_response({"total": 0})
 
 
+def _region_document(request: web.Request) -> web.Response:
+    regions = request.app[EMULATOR].regions
+    return web.json_response({"region": regions.default, "regions": list(regions.names)})
+
+
+async def get_region(request: web.Request) -> web.Response:
+    return _region_document(request)
+
+
+async def put_region(request: web.Request) -> web.Response:
+    """Move the default region: requests without a region header now reach this one (what
+    geo-routing does to a client that moved)."""
+    body = await _parse(request, RegionRequest)
+    try:
+        request.app[EMULATOR].regions.set_default(body.region)
+    except ValueError as exc:
+        raise Abort(detail(422, str(exc))) from exc
+    return _region_document(request)
+
+
+async def list_pulls(request: web.Request) -> web.Response:
+    return web.json_response(request.app[EMULATOR].pulls.status())
+
+
 async def expire_now(request: web.Request) -> web.Response:
     return web.json_response({"ended": request.app[EMULATOR].store.expire_due()})
 
@@ -164,6 +222,7 @@ async def reset(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/healthz", healthz)
     app.router.add_get(f"{PREFIX}/streams", list_streams)
+    app.router.add_post(f"{PREFIX}/streams", create_stream)
     app.router.add_post(f"{PREFIX}/streams/{{stream_id}}/reap", reap_stream)
     app.router.add_post(f"{PREFIX}/streams/{{stream_id}}/frames", record_frames)
     app.router.add_put(f"{PREFIX}/limits", put_limit)
@@ -172,5 +231,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete(f"{PREFIX}/faults", clear_faults)
     app.router.add_get(f"{PREFIX}/calls", get_calls)
     app.router.add_delete(f"{PREFIX}/calls", reset_calls)
+    app.router.add_get(f"{PREFIX}/region", get_region)
+    app.router.add_put(f"{PREFIX}/region", put_region)
+    app.router.add_get(f"{PREFIX}/pulls", list_pulls)
     app.router.add_post(f"{PREFIX}/expire", expire_now)
     app.router.add_post(f"{PREFIX}/reset", reset)

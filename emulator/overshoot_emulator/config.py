@@ -9,12 +9,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from overshoot_emulator.regions import DEFAULT_REGION
+
 DEFAULT_TTL_SECONDS = 300.0
 # Guess: the tombstone window is undocumented ("a short window"); 60 s is our pick.
 DEFAULT_TOMBSTONE_SECONDS = 60.0
 # Guess: with no LiveKit configured the publish URL is never dialled for real; a reserved
 # `.invalid` host makes a publisher that tries it fail fast instead of reaching a stranger.
 DEFAULT_PUBLISH_URL = "wss://livekit.emulator.invalid"
+# Documented: a source that cannot be opened is refused "after ~15 s of server-side retries".
+DEFAULT_SOURCE_CONNECT_TIMEOUT = 15.0
 
 
 def key_digest(api_key: str) -> str:
@@ -54,6 +58,11 @@ class EmulatorConfig:
     access_log: bool = False
     # A steady delay before every API answer (not admin), to emulate a remote API's latency.
     latency_ms: float = 0.0
+    # The first is the default region (the one a request without a region header reaches).
+    regions: tuple[str, ...] = (DEFAULT_REGION,)
+    source_connect_timeout: float = DEFAULT_SOURCE_CONNECT_TIMEOUT
+    # Tests pull from cameras on loopback, which Overshoot refuses.
+    allow_private_sources: bool = False
 
     def accepts(self, digest: str) -> bool:
         return self.accept_any_key or digest in self.accepted_key_digests

@@ -7,13 +7,14 @@ Pure state; the HTTP layer (api.py) applies what `FaultQueue.take` hands it.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Endpoint = Literal["create", "get", "keepalive", "delete"]
-ENDPOINTS: tuple[Endpoint, ...] = ("create", "get", "keepalive", "delete")
+Endpoint = Literal["create", "get", "keepalive", "delete", "viewer_token"]
+ENDPOINTS: tuple[Endpoint, ...] = ("create", "get", "keepalive", "delete", "viewer_token")
 # Calls without a usable key are counted under this name.
 ANONYMOUS = "anonymous"
 
@@ -30,6 +31,10 @@ class Fault(BaseModel):
     # Any error status (401/402/403/422/429/500/502/503 are the interesting ones).
     status: int | None = Field(default=None, ge=400, le=599)
     retry_after: float | None = Field(default=None, ge=0)
+    # The x-ratelimit-* headers of a 429 (see `rate_limit_headers` for the defaults).
+    ratelimit_limit: int | None = Field(default=None, ge=0)
+    ratelimit_remaining: int | None = Field(default=None, ge=0)
+    ratelimit_reset: int | None = Field(default=None, ge=0)
     latency_ms: float | None = Field(default=None, ge=0)
     drop: bool = False
     body: str | None = None
@@ -43,6 +48,26 @@ class Fault(BaseModel):
             raise ValueError("body needs a status")
         return self
 
+    def headers(self) -> dict[str, str]:
+        """Retry-After (when given, and always on a 429) and a 429's x-ratelimit-* headers."""
+        headers: dict[str, str] = {}
+        if self.status == 429:
+            # Documented for v1beta: a 429 carries retry-after (currently 1) and
+            # x-ratelimit-limit|remaining|reset. Guess: the limit of a stream endpoint is
+            # undocumented; 5 is the older per-key stream cap.
+            retry_after = 1.0 if self.retry_after is None else self.retry_after
+            headers.update(
+                rate_limit_headers(
+                    retry_after,
+                    limit=5 if self.ratelimit_limit is None else self.ratelimit_limit,
+                    remaining=0 if self.ratelimit_remaining is None else self.ratelimit_remaining,
+                    reset=self.ratelimit_reset,
+                )
+            )
+        elif self.retry_after is not None:
+            headers["Retry-After"] = format_seconds(self.retry_after)
+        return headers
+
     def response_body(self) -> tuple[bytes, str | None]:
         """What an answering fault sends: the given body, or a contract-shaped detail."""
         if self.body is not None:
@@ -54,6 +79,27 @@ class Fault(BaseModel):
             b'{"detail": "Injected fault (emulator)"}',
             self.content_type or "application/json",
         )
+
+
+def format_seconds(seconds: float) -> str:
+    """Seconds for a Retry-After header: an integer when whole, as HTTP expects."""
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+def rate_limit_headers(
+    retry_after: float, *, limit: int, remaining: int, reset: int | None = None
+) -> dict[str, str]:
+    """The headers of a 429: Retry-After and x-ratelimit-limit|remaining|reset.
+
+    Guess: `x-ratelimit-reset` is documented for inference only; here it is whole seconds
+    until the limit resets (not an epoch time), by default the retry-after rounded up.
+    """
+    return {
+        "Retry-After": format_seconds(retry_after),
+        "x-ratelimit-limit": str(limit),
+        "x-ratelimit-remaining": str(remaining),
+        "x-ratelimit-reset": str(math.ceil(retry_after) if reset is None else reset),
+    }
 
 
 class _Queued:

@@ -6,6 +6,8 @@ livekit-api), subscribes to video tracks, lets LiveKit's WebRTC stack decode the
 (`rtc.VideoStream`), and books every decoded frame with `StreamStore.record_frames`, so the
 frame fields of GET /streams/{id} come from frames that really arrived. It leaves the room
 when the stream ends, and rejoins (fresh token, backoff) if the LiveKit server goes away.
+It stays out of rooms of streams the emulator pulls itself: their frames are counted by the
+pull (pull.py), once.
 
 Also keeps, per stream, what tests need to check the media itself (decoded resolution,
 frame count, rate) and serves it at GET /admin/gateway; never a token.
@@ -85,6 +87,11 @@ class MediaGateway:
     # --- StreamObserver -------------------------------------------------------------
 
     def stream_started(self, stream: Stream) -> None:
+        if stream.source is not None:
+            # A pulled stream's frames are booked by its pull (pull.py), which also
+            # republishes them into this room as `overshoot-source`; no client holds a
+            # publish token for the room, so joining would only count every frame twice.
+            return
         self.stats[stream.id] = TrackStats()
         while len(self.stats) > MAX_STATS:
             del self.stats[next(iter(self.stats))]

@@ -1,6 +1,7 @@
 """Assembles the aiohttp application and runs it: routes, JSON errors, the expirer task,
-the listening socket and the one stdout line (`Listening on http://HOST:PORT`) that
-process wrappers wait for.
+the camera pulls (and, with LiveKit, the media gateway and the republisher), the listening
+socket and the one stdout line (`Listening on http://HOST:PORT`) that process wrappers wait
+for. On stop, pulls end first (their reader threads notice within about a second).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from aiohttp.typedefs import Handler
 from overshoot_emulator import admin, api
 from overshoot_emulator.config import EmulatorConfig
 from overshoot_emulator.expirer import run_expirer
+from overshoot_emulator.pull import PullManager, PullSettings, Republisher
+from overshoot_emulator.regions import Regions
 from overshoot_emulator.state import EMULATOR, Abort, Emulator, detail
-from overshoot_emulator.store import StreamStore
+from overshoot_emulator.store import Stream, StreamStore
 from overshoot_emulator.tokens import LiveKitTokenMinter, OpaqueTokenMinter, TokenMinter
 
 log = logging.getLogger(__name__)
@@ -27,11 +30,29 @@ log = logging.getLogger(__name__)
 def build_emulator(config: EmulatorConfig) -> Emulator:
     store = StreamStore(ttl_seconds=config.ttl_seconds, tombstone_seconds=config.tombstone_seconds)
     minter: TokenMinter
+    republisher = None
     if config.livekit is not None:
         minter = LiveKitTokenMinter(config.publish_url, config.livekit)
+        credentials = config.livekit
+
+        def republisher(stream: Stream) -> Republisher:
+            from overshoot_emulator.republish import LiveKitRepublisher
+
+            return LiveKitRepublisher(config.publish_url, credentials, stream)
     else:
         minter = OpaqueTokenMinter(config.publish_url)
-    return Emulator(config=config, store=store, minter=minter)
+    pulls = PullManager(
+        store,
+        PullSettings(
+            connect_timeout=config.source_connect_timeout,
+            allow_private=config.allow_private_sources,
+        ),
+        republisher,
+    )
+    store.subscribe(pulls)
+    return Emulator(
+        config=config, store=store, minter=minter, pulls=pulls, regions=Regions(config.regions)
+    )
 
 
 @web.middleware
@@ -115,7 +136,7 @@ async def serve(
         await site.start()
         url = base_url(config.host, sock.getsockname()[1])
         log.info(
-            "Started emulator at %s (ttl %gs, tombstone %gs, %s, %s tokens)",
+            "Started emulator at %s (ttl %gs, tombstone %gs, %s, %s tokens, regions %s%s)",
             url,
             config.ttl_seconds,
             config.tombstone_seconds,
@@ -123,11 +144,16 @@ async def serve(
             if config.accept_any_key
             else f"{len(config.accepted_key_digests)} key(s) accepted",
             "LiveKit" if config.livekit else "opaque",
+            ",".join(config.regions),
+            ", private sources allowed" if config.allow_private_sources else "",
         )
         if announce is not None:
             announce(url)
         await stop.wait()
     finally:
+        # Pulls first: a create still waiting for its source answers 503 at once, instead
+        # of holding the server's shutdown for the rest of its connect window.
+        await emulator.pulls.aclose()
         if gateway is not None:
             await gateway.aclose()
         await runner.cleanup()

@@ -1,7 +1,7 @@
 """What the request handlers share: one `Emulator` object stored on the aiohttp app.
 
 Also the JSON answer helpers, so every error the emulator sends has the contract's shape
-`{"detail": ...}`.
+`{"detail": ...}` (the region errors excepted: their `region_error` shape is regions.py's).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from aiohttp import web
 
 from overshoot_emulator.config import EmulatorConfig
 from overshoot_emulator.faults import CallCounter, FaultQueue
+from overshoot_emulator.pull import PullManager
+from overshoot_emulator.regions import Regions
 from overshoot_emulator.store import StreamStore
 from overshoot_emulator.tokens import TokenMinter
 
@@ -21,13 +23,17 @@ class Emulator:
     config: EmulatorConfig
     store: StreamStore
     minter: TokenMinter
+    pulls: PullManager
+    regions: Regions
     faults: FaultQueue = field(default_factory=FaultQueue)
     calls: CallCounter = field(default_factory=CallCounter)
 
     def reset(self) -> None:
+        # Ending every stream also stops its pull (the pull manager observes the store).
         self.store.reset()
         self.faults.clear()
         self.calls.reset()
+        self.regions.reset()
 
 
 EMULATOR = web.AppKey("emulator", Emulator)
@@ -43,8 +49,3 @@ class Abort(Exception):
 
 def detail(status: int, text: object, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"detail": text}, status=status, headers=headers)
-
-
-def format_seconds(seconds: float) -> str:
-    """Seconds for a Retry-After header: an integer when whole, as HTTP expects."""
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"

@@ -13,6 +13,10 @@ The media-gateway boundary (for a LiveKit subscriber built elsewhere):
 - `StreamObserver.stream_started(stream)` / `stream_ended(stream)`: join / leave
   `stream.room`; subscribe with `StreamStore.subscribe`.
 - `StreamStore.record_frames(stream_id, count, at_ms)`: report decoded frames.
+
+The pull boundary (pull.py, for streams with a camera source): `record_pull` books a
+pulled frame and `last_pull`, `end_source` ends a stream whose source ended for good. A
+stream keeps only the source's type and host; the URL never reaches the store.
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ from typing import Literal, Protocol
 
 from overshoot_emulator.config import fingerprint
 from overshoot_emulator.frames import NO_FRAMES, FrameLedger, FrameSnapshot
+from overshoot_emulator.regions import DEFAULT_REGION
 from overshoot_emulator.tokens import room_name
 
 log = logging.getLogger(__name__)
 
 StreamState = Literal["active", "ended"]
-EndReason = Literal["expired", "deleted", "reaped"]
+# Guess: "source_ended" (a pulled source that ended twice) is not a documented end reason.
+EndReason = Literal["expired", "deleted", "reaped", "source_ended"]
+
+# Documented: `last_pull` is written at most once a second.
+LAST_PULL_INTERVAL_MS = 1000
 
 
 def wall_clock_ms() -> int:
@@ -53,11 +62,27 @@ class StreamEnded(StoreError):
     """The stream exists (a tombstone) but is no longer active."""
 
 
+class WrongRegion(StoreError):
+    """The caller owns the stream, but another region serves it."""
+
+    def __init__(self, stream_id: str, expected: str) -> None:
+        super().__init__(f"Stream {stream_id} is served by region {expected}")
+        self.expected = expected
+
+
 class LimitReached(StoreError):
     def __init__(self, max_streams: int, retry_after: float) -> None:
         super().__init__(f"Concurrent stream limit reached ({max_streams} active streams)")
         self.max_streams = max_streams
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """What a stream may show of its camera source: the type and the host, never the URL."""
+
+    type: str
+    host: str
 
 
 @dataclass(slots=True, eq=False)
@@ -72,6 +97,10 @@ class Stream:
     ended_at_ms: int | None = None
     end_reason: EndReason | None = None
     keepalives: int = 0
+    region: str = DEFAULT_REGION
+    # None for a client-published stream; set for one the emulator pulls itself.
+    source: SourceInfo | None = None
+    last_pull_ms: int | None = None
     # Created on the first frame: most streams in a load test never see one.
     ledger: FrameLedger | None = field(default=None, repr=False)
 
@@ -127,7 +156,8 @@ class StreamStore:
 
     # --- the API's operations -------------------------------------------------------
 
-    def create(self, owner: str) -> Stream:
+    def check_limit(self, owner: str) -> None:
+        """Raise LimitReached when `owner` may not create another stream now."""
         limit = self._limits.get(owner)
         if limit is not None and self._active_by_owner[owner] >= limit.max_streams:
             # Counts can be stale by one sweep for leases that ran out unobserved; settle
@@ -135,6 +165,11 @@ class StreamStore:
             self.expire_due()
             if self._active_by_owner[owner] >= limit.max_streams:
                 raise LimitReached(limit.max_streams, limit.retry_after)
+
+    def create(
+        self, owner: str, *, region: str = DEFAULT_REGION, source: SourceInfo | None = None
+    ) -> Stream:
+        self.check_limit(owner)
         now = self.now_ms()
         stream_id = self._new_id()
         stream = Stream(
@@ -144,6 +179,8 @@ class StreamStore:
             created_at_ms=now,
             ttl_ms=self.ttl_ms,
             expires_at_ms=now + self.ttl_ms,
+            region=region,
+            source=source,
         )
         self._streams[stream_id] = stream
         self._active_by_owner[owner] += 1
@@ -151,15 +188,21 @@ class StreamStore:
         self._notify("stream_started", stream)
         return stream
 
-    def lookup(self, stream_id: str, owner: str) -> Stream:
-        """An active stream or a tombstone owned by `owner`."""
+    def lookup(self, stream_id: str, owner: str, region: str | None = None) -> Stream:
+        """An active stream or a tombstone owned by `owner`, served by `region` (if given).
+
+        Ownership is checked first: another key's stream is not found, whatever region
+        asks, so a foreign key learns nothing about where a stream lives.
+        """
         stream = self.get(stream_id)
         if stream is None or stream.owner != owner:
             raise StreamNotFound(stream_id)
+        if region is not None and stream.region != region:
+            raise WrongRegion(stream_id, stream.region)
         return stream
 
-    def keepalive(self, stream_id: str, owner: str) -> Stream:
-        stream = self.lookup(stream_id, owner)
+    def keepalive(self, stream_id: str, owner: str, region: str | None = None) -> Stream:
+        stream = self.lookup(stream_id, owner, region)
         if stream.state != "active":
             raise StreamEnded(stream_id)
         # The lease counts from the last keepalive; the heap entry is re-queued lazily.
@@ -167,11 +210,11 @@ class StreamStore:
         stream.keepalives += 1
         return stream
 
-    def delete(self, stream_id: str, owner: str) -> Stream:
+    def delete(self, stream_id: str, owner: str, region: str | None = None) -> Stream:
         # Contract: deletes are "idempotent within the lookup window" and clients treat
         # 200 and 404 alike. We answer 200 only for an active stream; a second DELETE (or
         # one on an expired/reaped tombstone) is 404, the stricter of the two readings.
-        stream = self.lookup(stream_id, owner)
+        stream = self.lookup(stream_id, owner, region)
         if stream.state != "active":
             raise StreamEnded(stream_id)
         self._end(stream, "deleted", self.now_ms())
@@ -215,6 +258,24 @@ class StreamStore:
         if stream.ledger is None:
             stream.ledger = FrameLedger()
         stream.ledger.record(count, self.now_ms() if at_ms is None else at_ms)
+        return stream
+
+    def record_pull(self, stream_id: str, count: int = 1, at_ms: int | None = None) -> Stream:
+        """The stream's own source pull decoded `count` frames at `at_ms` (default: now).
+
+        Books them like gateway frames and moves `last_pull`, at most once a second: a
+        reader sees it lag the newest frame by up to a second (documented).
+        """
+        at = self.now_ms() if at_ms is None else at_ms
+        stream = self.record_frames(stream_id, count, at)
+        if stream.last_pull_ms is None or at - stream.last_pull_ms >= LAST_PULL_INTERVAL_MS:
+            stream.last_pull_ms = at
+        return stream
+
+    def end_source(self, stream_id: str) -> Stream:
+        """End a pulled stream whose source ended, and ended again soon after a reconnect."""
+        stream = self._active(stream_id)
+        self._end(stream, "source_ended", self.now_ms())
         return stream
 
     def record_frame_run(self, stream_id: str, count: int, fps: float) -> Stream:

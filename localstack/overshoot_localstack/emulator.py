@@ -19,7 +19,7 @@ from typing import IO, Any, Literal, Self
 
 import httpx
 
-Endpoint = Literal["create", "get", "keepalive", "delete"]
+Endpoint = Literal["create", "get", "keepalive", "delete", "viewer_token"]
 LISTENING = "Listening on "
 
 
@@ -42,14 +42,19 @@ class EmulatorProcess:
         livekit_url: str | None = None,
         livekit_api_key: str | None = None,
         livekit_api_secret: str | None = None,
+        regions: Sequence[str] | None = None,
+        source_connect_timeout: float | None = None,
+        allow_private_sources: bool = False,
         extra_args: Sequence[str] = (),
         command_prefix: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         stderr: IO[Any] | int | None = None,
         start_timeout: float = 20.0,
     ) -> None:
-        """`api_keys` empty means any key is accepted. `command_prefix` runs the
-        interpreter under a wrapper (e.g. `taskset -c 0`). `stderr` defaults to ours."""
+        """`api_keys` empty means any key is accepted. `regions` are the regions served,
+        the first the default. `allow_private_sources` lets camera sources on loopback be
+        pulled (tests). `command_prefix` runs the interpreter under a wrapper (e.g.
+        `taskset -c 0`). `stderr` defaults to ours."""
         args: list[str] = ["--host", host, "--port", str(port)]
         if ttl_seconds is not None:
             args += ["--ttl-seconds", str(ttl_seconds)]
@@ -67,6 +72,12 @@ class EmulatorProcess:
         if livekit_api_key is not None and livekit_api_secret is not None:
             args += ["--livekit-api-key", livekit_api_key]
             args += ["--livekit-api-secret", livekit_api_secret]
+        if regions is not None:
+            args += ["--regions", ",".join(regions)]
+        if source_connect_timeout is not None:
+            args += ["--source-connect-timeout", str(source_connect_timeout)]
+        if allow_private_sources:
+            args.append("--allow-private-sources")
         self.argv = [
             *command_prefix,
             sys.executable,
@@ -209,6 +220,7 @@ def _fault_body(
     drop: bool,
     body: str | None,
     content_type: str | None,
+    ratelimit: tuple[int | None, int | None, int | None] = (None, None, None),
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {"count": count, "drop": drop}
     optional: dict[str, Any] = {
@@ -219,6 +231,9 @@ def _fault_body(
         "latency_ms": latency_ms,
         "body": body,
         "content_type": content_type,
+        "ratelimit_limit": ratelimit[0],
+        "ratelimit_remaining": ratelimit[1],
+        "ratelimit_reset": ratelimit[2],
     }
     payload.update({k: v for k, v in optional.items() if v is not None})
     return payload
@@ -247,6 +262,17 @@ class _Requests:
     @staticmethod
     def streams(state: str | None) -> Request:
         return "GET", "/_emulator/streams", None, None if state is None else {"state": state}
+
+    @staticmethod
+    def create_stream(api_key: str, region: str | None) -> Request:
+        body: dict[str, Any] = {"api_key": api_key}
+        if region is not None:
+            body["region"] = region
+        return "POST", "/_emulator/streams", body, None
+
+    @staticmethod
+    def set_region(region: str) -> Request:
+        return "PUT", "/_emulator/region", {"region": region}, None
 
 
 class EmulatorAdmin:
@@ -289,9 +315,23 @@ class EmulatorAdmin:
         drop: bool = False,
         body: str | None = None,
         content_type: str | None = None,
+        ratelimit_limit: int | None = None,
+        ratelimit_remaining: int | None = None,
+        ratelimit_reset: int | None = None,
     ) -> dict[str, Any]:
+        """A 429 fault also sends Retry-After (default 1) and x-ratelimit-limit|remaining|
+        reset (defaults 5, 0 and the retry-after rounded up)."""
         payload = _fault_body(
-            count, endpoints, api_key, status, retry_after, latency_ms, drop, body, content_type
+            count,
+            endpoints,
+            api_key,
+            status,
+            retry_after,
+            latency_ms,
+            drop,
+            body,
+            content_type,
+            (ratelimit_limit, ratelimit_remaining, ratelimit_reset),
         )
         return self._call(("POST", "/_emulator/faults", payload, None))
 
@@ -311,6 +351,24 @@ class EmulatorAdmin:
 
     def stream(self, stream_id: str) -> dict[str, Any] | None:
         return next((s for s in self.streams() if s["id"] == stream_id), None)
+
+    def create_stream(self, api_key: str, region: str | None = None) -> dict[str, Any]:
+        """A client-published stream of `api_key` in `region` (default: the default
+        region); the admin document, with its `id`."""
+        return self._call(_Requests.create_stream(api_key, region))
+
+    def region(self) -> str:
+        """The default region (the one a request without a region header reaches)."""
+        region: str = self._call(("GET", "/_emulator/region", None, None))["region"]
+        return region
+
+    def set_region(self, region: str) -> dict[str, Any]:
+        """Move the default region, as geo-routing moves a client; `{"region", "regions"}`."""
+        return self._call(_Requests.set_region(region))
+
+    def pulls(self) -> dict[str, Any]:
+        """The camera pulls: `{"pulls": [...], "connecting": n, "reader_threads": n}`."""
+        return self._call(("GET", "/_emulator/pulls", None, None))
 
     def expire(self) -> int:
         ended: int = self._call(("POST", "/_emulator/expire", None, None))["ended"]
@@ -368,9 +426,21 @@ class AsyncEmulatorAdmin:
         drop: bool = False,
         body: str | None = None,
         content_type: str | None = None,
+        ratelimit_limit: int | None = None,
+        ratelimit_remaining: int | None = None,
+        ratelimit_reset: int | None = None,
     ) -> dict[str, Any]:
         payload = _fault_body(
-            count, endpoints, api_key, status, retry_after, latency_ms, drop, body, content_type
+            count,
+            endpoints,
+            api_key,
+            status,
+            retry_after,
+            latency_ms,
+            drop,
+            body,
+            content_type,
+            (ratelimit_limit, ratelimit_remaining, ratelimit_reset),
         )
         return await self._call(("POST", "/_emulator/faults", payload, None))
 
@@ -387,6 +457,22 @@ class AsyncEmulatorAdmin:
     async def streams(self, state: str | None = None) -> list[dict[str, Any]]:
         streams: list[dict[str, Any]] = (await self._call(_Requests.streams(state)))["streams"]
         return streams
+
+    async def stream(self, stream_id: str) -> dict[str, Any] | None:
+        return next((s for s in await self.streams() if s["id"] == stream_id), None)
+
+    async def create_stream(self, api_key: str, region: str | None = None) -> dict[str, Any]:
+        return await self._call(_Requests.create_stream(api_key, region))
+
+    async def region(self) -> str:
+        region: str = (await self._call(("GET", "/_emulator/region", None, None)))["region"]
+        return region
+
+    async def set_region(self, region: str) -> dict[str, Any]:
+        return await self._call(_Requests.set_region(region))
+
+    async def pulls(self) -> dict[str, Any]:
+        return await self._call(("GET", "/_emulator/pulls", None, None))
 
     async def expire(self) -> int:
         ended: int = (await self._call(("POST", "/_emulator/expire", None, None)))["ended"]

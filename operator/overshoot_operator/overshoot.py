@@ -12,8 +12,15 @@ and DELETE are safe to repeat; create is not idempotent and is only repeated whe
 request provably never left this process (connection refused). Anything slower (backoff
 across minutes, Retry-After, deadlines) is the caller's business.
 
-Secrets: the API key is only ever placed in the Authorization header; publish tokens are
-`SecretStr`. Error messages and bodies carried by exceptions are scrubbed of both.
+Secrets: the API key is only ever placed in the Authorization header; publish and viewer
+tokens are `SecretStr`; a camera source's URL (which may carry credentials) is only ever in
+the body of its create request. Error messages and bodies carried by exceptions are
+scrubbed of all of them.
+
+Regions (v1beta): streams are regional. Every call for a stream names the region that
+serves it (`X-Overshoot-Region`), learnt from the create answer's header; a 409
+`region_error` naming another region is followed once, within the same call, and the
+serving region of every answer is reported back on the result (`region`).
 
 Transport: unless given an httpx client or transport, the client speaks httpx over aiohttp
 (`default_transport()`). bench/api_client.py measured keepalives against the emulator
@@ -33,11 +40,12 @@ import contextlib
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
+from urllib.parse import unquote
 
 import aiohttp
 import httpx
@@ -47,6 +55,7 @@ from overshoot_operator.limiter import Priority
 
 __all__ = [
     "ApiKey",
+    "CameraSource",
     "InvalidRequest",
     "KeepaliveResult",
     "NotFound",
@@ -57,10 +66,14 @@ __all__ = [
     "PaymentRequired",
     "PublishInfo",
     "RateLimited",
+    "ServerPullUnsupported",
+    "SourceUnusable",
     "StreamCreated",
     "StreamState",
     "Unauthorized",
     "UnexpectedResponse",
+    "ViewerToken",
+    "WrongRegion",
     "default_transport",
 ]
 
@@ -68,6 +81,8 @@ ApiKey = SecretStr
 
 # Bodies are kept on errors for diagnosis, but a proxy's HTML page can be large.
 _MAX_BODY_CHARS = 2000
+
+REGION_HEADER = "X-Overshoot-Region"
 
 
 # --------------------------------------------------------------------------------------
@@ -88,14 +103,37 @@ class PublishInfo(_ApiModel):
     token: SecretStr
 
 
+class SourceInfo(_ApiModel):
+    """The `source` of a stream Overshoot pulls itself; never the URL (it is not returned)."""
+
+    type: str
+
+
+class CameraSource(_ApiModel):
+    """What a create asks Overshoot to pull (v1beta camera sources): `rtsp` or `hls`.
+
+    The URL may carry the camera's credentials (`rtsp://user:pass@host/...`): it is sent in
+    the create request's body and nowhere else, and scrubbed from anything an error keeps.
+    """
+
+    type: Literal["rtsp", "hls"]
+    url: SecretStr
+
+    def body(self) -> dict[str, Any]:
+        return {"source": {"type": self.type, "url": self.url.get_secret_value()}}
+
+
 class StreamCreated(_ApiModel):
-    """201 of POST /streams."""
+    """201 of POST /streams. `publish` is null for a stream Overshoot pulls itself."""
 
     id: str
     state: str = "active"
-    publish: PublishInfo
+    publish: PublishInfo | None = None
+    source: SourceInfo | None = None
     expires_at_ms: int
     ttl_seconds: float | None = None
+    # The serving region, from the answer's X-Overshoot-Region header (not the body).
+    region: str | None = None
 
 
 class KeepaliveResult(_ApiModel):
@@ -107,6 +145,7 @@ class KeepaliveResult(_ApiModel):
     # Guess: the docs show `publish` on every keepalive; tolerate its absence.
     publish: PublishInfo | None = None
     stream_time_ms: int | None = None
+    region: str | None = None
 
 
 class StreamState(_ApiModel):
@@ -129,10 +168,28 @@ class StreamState(_ApiModel):
     ended_at_ms: int | None = None
     end_reason: str | None = None
     audio: bool | None = None
+    # v1beta camera sources: ms of the last frame Overshoot pulled (written at most once a
+    # second); null before the first, and always for client-published streams.
+    last_pull: int | None = None
+    source: SourceInfo | None = None
+    region: str | None = None
 
     @property
     def ended(self) -> bool:
         return self.state == "ended"
+
+
+class ViewerToken(_ApiModel):
+    """A subscribe-only LiveKit grant to watch a stream's room (v1beta viewer tokens)."""
+
+    url: str
+    token: SecretStr
+    expires_in_seconds: float | None = None
+
+
+class _ViewerTokenAnswer(_ApiModel):
+    # Guess: the shape is documented by its example only: {"view": {url, token, ...}}.
+    view: ViewerToken
 
 
 class _Deleted(_ApiModel):
@@ -155,6 +212,7 @@ class Endpoint(StrEnum):
     GET = "get"
     KEEPALIVE = "keepalive"
     DELETE = "delete"
+    VIEWER_TOKEN = "viewer-token"  # noqa: S105 - an endpoint name
 
 
 class OvershootError(Exception):
@@ -222,7 +280,43 @@ class NotFound(OvershootRejected):
 
 
 class InvalidRequest(OvershootRejected):
-    """400/422: the request was malformed. A bug on our side, or an API change."""
+    """400/409/422: the request was malformed. A bug on our side, or an API change."""
+
+
+class SourceUnusable(OvershootRejected):
+    """422 to a create with a camera source: Overshoot could not open the URL (after its
+    own ~15 s of retries), or refused it (a private address, a malformed URL). Repeating the
+    same create cannot help; only a change of the URL, its credentials or its reachability."""
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether Overshoot tried and could not connect (rather than refusing the URL)."""
+        # Guess: the detail text is only documented by example ("Could not connect to
+        # source url (check reachability and credentials)").
+        return "connect" in (self.detail or "").lower()
+
+
+class ServerPullUnsupported(OvershootRejected):
+    """A create asked Overshoot to pull a camera and got an ordinary stream back (with a
+    publish token, without a source): the API at this URL does not know camera sources.
+    Raised by the caller that released that stream again (leases.py)."""
+
+    def __init__(self, stream_id: str) -> None:
+        super().__init__(
+            f"Overshoot create ignored the camera source (made stream {stream_id} with a "
+            "publish token instead)",
+            endpoint=Endpoint.CREATE,
+        )
+        self.stream_id = stream_id
+
+
+class WrongRegion(OvershootRejected):
+    """409 `region_error`: the stream is served by another region than the one asked, and
+    following the region the answer named did not help (or it named none)."""
+
+    def __init__(self, message: str, *, expected_region: str | None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.expected_region = expected_region
 
 
 class RateLimited(OvershootRejected):
@@ -261,6 +355,7 @@ _RETRY_POLICY: dict[Endpoint, RetryPolicy] = {
     Endpoint.GET: RetryPolicy(attempts=3, delay=1.0),
     Endpoint.KEEPALIVE: RetryPolicy(attempts=3, delay=1.0),
     Endpoint.DELETE: RetryPolicy(attempts=3, delay=1.0),
+    Endpoint.VIEWER_TOKEN: RetryPolicy(attempts=2, delay=1.0),
 }
 
 # Raised before a byte of the request went out: safe to repeat even a create.
@@ -271,6 +366,10 @@ _UNSENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=10.0)
+# A create with a camera source answers only after Overshoot tried the URL: about 15 s of
+# its own retries before a 422. The read timeout must outlast that, or a create that
+# succeeded late would look lost.
+PULL_CREATE_READ_TIMEOUT = 45.0
 
 _Model = TypeVar("_Model", bound=BaseModel)
 Sleep = Callable[[float], Awaitable[None]]
@@ -286,6 +385,7 @@ DEFAULT_PRIORITY: dict[Endpoint, Priority] = {
     Endpoint.DELETE: Priority.DELETE,
     Endpoint.GET: Priority.GET,
     Endpoint.CREATE: Priority.CREATE,
+    Endpoint.VIEWER_TOKEN: Priority.GET,
 }
 
 
@@ -437,50 +537,105 @@ class OvershootClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # ---- the four endpoints ----------------------------------------------------------
+    # ---- the endpoints ----------------------------------------------------------------
 
-    async def create_stream(self, api_key: ApiKey) -> StreamCreated:
-        """POST /streams. Never repeated once the request may have reached the server."""
-        response = await self._call(Endpoint.CREATE, "POST", "/streams", api_key)
+    async def create_stream(
+        self,
+        api_key: ApiKey,
+        *,
+        source: CameraSource | None = None,
+        region: str | None = None,
+    ) -> StreamCreated:
+        """POST /streams. Never repeated once the request may have reached the server.
+
+        With `source`, Overshoot pulls that camera itself (v1beta): the answer has no
+        `publish`; a URL it cannot open is `SourceUnusable`. `region` asks a region to
+        create in; the result's `region` is the one that served the create.
+        """
+        secrets = Secrets(api_key, source)
+        response = await self._call(
+            Endpoint.CREATE,
+            "POST",
+            "/streams",
+            secrets,
+            region=region,
+            body=source.body() if source is not None else {},
+            read_timeout=PULL_CREATE_READ_TIMEOUT if source is not None else None,
+        )
         if response.status_code not in (200, 201):
-            raise self._error(Endpoint.CREATE, response, api_key)
-        return self._parse(Endpoint.CREATE, response, StreamCreated, api_key)
+            raise self._error(Endpoint.CREATE, response, secrets, pulling=source is not None)
+        created = self._parse(Endpoint.CREATE, response, StreamCreated, secrets)
+        return created.model_copy(update={"region": _served_by(response, region)})
 
     async def get_stream(
-        self, api_key: ApiKey, stream_id: str, *, priority: Priority | None = None
+        self,
+        api_key: ApiKey,
+        stream_id: str,
+        *,
+        priority: Priority | None = None,
+        region: str | None = None,
     ) -> StreamState:
         """GET /streams/{id}. Raises NotFound once the tombstone is gone."""
+        secrets = Secrets(api_key)
         response = await self._call(
-            Endpoint.GET, "GET", f"/streams/{stream_id}", api_key, priority=priority
+            Endpoint.GET, "GET", f"/streams/{stream_id}", secrets, priority=priority, region=region
         )
         if response.status_code != 200:
-            raise self._error(Endpoint.GET, response, api_key)
-        return self._parse(Endpoint.GET, response, StreamState, api_key)
+            raise self._error(Endpoint.GET, response, secrets)
+        state = self._parse(Endpoint.GET, response, StreamState, secrets)
+        return state.model_copy(update={"region": _served_by(response, region)})
 
-    async def keepalive(self, api_key: ApiKey, stream_id: str) -> KeepaliveResult:
+    async def keepalive(
+        self, api_key: ApiKey, stream_id: str, *, region: str | None = None
+    ) -> KeepaliveResult:
         """POST /streams/{id}/keepalive. NotFound means the stream ended: create a new one."""
+        secrets = Secrets(api_key)
         response = await self._call(
-            Endpoint.KEEPALIVE, "POST", f"/streams/{stream_id}/keepalive", api_key
+            Endpoint.KEEPALIVE, "POST", f"/streams/{stream_id}/keepalive", secrets, region=region
         )
         if response.status_code != 200:
-            raise self._error(Endpoint.KEEPALIVE, response, api_key)
-        return self._parse(Endpoint.KEEPALIVE, response, KeepaliveResult, api_key)
+            raise self._error(Endpoint.KEEPALIVE, response, secrets)
+        result = self._parse(Endpoint.KEEPALIVE, response, KeepaliveResult, secrets)
+        return result.model_copy(update={"region": _served_by(response, region)})
 
-    async def delete_stream(self, api_key: ApiKey, stream_id: str) -> bool:
+    async def delete_stream(
+        self, api_key: ApiKey, stream_id: str, *, region: str | None = None
+    ) -> bool:
         """DELETE /streams/{id}. True if it was deleted now, False if it was already gone.
 
         404 counts as success: deletes are "idempotent within the lookup window" and a
         stream that is unknown, ended or tombstoned holds nothing we could release.
         """
-        response = await self._call(Endpoint.DELETE, "DELETE", f"/streams/{stream_id}", api_key)
+        secrets = Secrets(api_key)
+        response = await self._call(
+            Endpoint.DELETE, "DELETE", f"/streams/{stream_id}", secrets, region=region
+        )
         if response.status_code == 404:
             return False
         if response.status_code not in (200, 202, 204):
-            raise self._error(Endpoint.DELETE, response, api_key)
+            raise self._error(Endpoint.DELETE, response, secrets)
         if response.status_code == 200 and response.content:
             # Parsed only to notice a contract change; the answer is already known.
-            self._parse(Endpoint.DELETE, response, _Deleted, api_key)
+            self._parse(Endpoint.DELETE, response, _Deleted, secrets)
         return True
+
+    async def viewer_token(
+        self, api_key: ApiKey, stream_id: str, *, region: str | None = None
+    ) -> ViewerToken:
+        """POST /streams/{id}/viewer-token: a subscribe-only grant to the stream's room
+        (v1beta). NotFound for an ended or unknown stream, or another key's."""
+        secrets = Secrets(api_key)
+        response = await self._call(
+            Endpoint.VIEWER_TOKEN,
+            "POST",
+            f"/streams/{stream_id}/viewer-token",
+            secrets,
+            region=region,
+            body={},
+        )
+        if response.status_code not in (200, 201):
+            raise self._error(Endpoint.VIEWER_TOKEN, response, secrets)
+        return self._parse(Endpoint.VIEWER_TOKEN, response, _ViewerTokenAnswer, secrets).view
 
     # ---- plumbing --------------------------------------------------------------------
 
@@ -489,18 +644,24 @@ class OvershootClient:
         endpoint: Endpoint,
         method: str,
         path: str,
-        api_key: ApiKey,
+        secrets: Secrets,
         *,
         priority: Priority | None = None,
+        region: str | None = None,
+        body: dict[str, Any] | None = None,
+        read_timeout: float | None = None,
     ) -> httpx.Response:
         policy = self._retries[endpoint]
         priority = DEFAULT_PRIORITY[endpoint] if priority is None else priority
         attempt = 0
+        followed = False
         while True:
             attempt += 1
             try:
                 async with self._gate(endpoint, priority):
-                    response = await self._send(endpoint, method, path, api_key)
+                    response = await self._send(
+                        endpoint, method, path, secrets, region, body, read_timeout
+                    )
             except OvershootUnavailable as err:
                 self._observed(endpoint, type(err).__name__)
                 if (
@@ -514,6 +675,14 @@ class OvershootClient:
             self._observed(endpoint, "ok" if response.is_success else str(response.status_code))
             if response.is_success or response.status_code < 500:
                 self._budget.succeeded()
+            if response.status_code == 409 and not followed:
+                expected = _region_error(response)[1]
+                if expected is not None and expected != region:
+                    # The stream lives in another region than the one asked (or than the
+                    # one a request without the header reached): ask that one, once.
+                    followed = True
+                    region = expected
+                    continue
             if (
                 response.status_code in (502, 503, 504)
                 and not policy.only_unsent
@@ -531,24 +700,44 @@ class OvershootClient:
             self._observe(endpoint, outcome)
 
     async def _send(
-        self, endpoint: Endpoint, method: str, path: str, api_key: ApiKey
+        self,
+        endpoint: Endpoint,
+        method: str,
+        path: str,
+        secrets: Secrets,
+        region: str | None,
+        body: dict[str, Any] | None,
+        read_timeout: float | None,
     ) -> httpx.Response:
         headers = {
-            "Authorization": f"Bearer {api_key.get_secret_value()}",
+            "Authorization": f"Bearer {secrets.api_key.get_secret_value()}",
             "Accept": "application/json",
         }
+        if region:
+            headers[REGION_HEADER] = region
         content: bytes | None = None
         if method == "POST":
-            # The docs send no body; Overshoot's own client sends {}. Send {}.
+            # The docs send no body; Overshoot's own client sends {}. Send {} (or the
+            # create's options).
             headers["Content-Type"] = "application/json"
-            content = b"{}"
+            content = json.dumps(body or {}).encode()
+        extensions: dict[str, Any] = {}
+        if read_timeout is not None:
+            timeout = self._http.timeout
+            extensions["timeout"] = httpx.Timeout(
+                connect=timeout.connect, read=read_timeout, write=timeout.write, pool=timeout.pool
+            ).as_dict()
         try:
             return await self._http.request(
-                method, self._base_url + path, headers=headers, content=content
+                method,
+                self._base_url + path,
+                headers=headers,
+                content=content,
+                extensions=extensions or None,
             )
         except httpx.TransportError as err:
             text = str(err)
-            clean = _scrub(text, api_key)
+            clean = secrets.scrub(text)
             error = OvershootUnavailable(
                 f"Overshoot {endpoint.value} failed: {type(err).__name__}: "
                 f"{clean or 'connection error'}",
@@ -560,7 +749,7 @@ class OvershootClient:
             raise error from (err if clean == text else None)
 
     def _parse(
-        self, endpoint: Endpoint, response: httpx.Response, model: type[_Model], api_key: ApiKey
+        self, endpoint: Endpoint, response: httpx.Response, model: type[_Model], secrets: Secrets
     ) -> _Model:
         try:
             return model.model_validate_json(response.content)
@@ -575,18 +764,23 @@ class OvershootClient:
             # `from None`: pydantic's error repeats the input, which may hold a token.
             raise UnexpectedResponse(
                 f"Overshoot {endpoint.value} answered {response.status_code} with a body that "
-                f"does not match the contract ({_scrub(problems, api_key)[:300]})",
+                f"does not match the contract ({secrets.scrub(problems)[:300]})",
                 endpoint=endpoint,
                 status_code=response.status_code,
-                body=_body_text(response, api_key),
+                body=_body_text(response, secrets),
             ) from None
 
     def _error(
-        self, endpoint: Endpoint, response: httpx.Response, api_key: ApiKey
+        self,
+        endpoint: Endpoint,
+        response: httpx.Response,
+        secrets: Secrets,
+        *,
+        pulling: bool = False,
     ) -> OvershootError:
         code = response.status_code
-        body = _body_text(response, api_key)
-        detail = _detail(response, api_key)
+        body = _body_text(response, secrets)
+        detail = _detail(response, secrets)
         said = f": {detail}" if detail else ""
         kw: dict[str, Any] = {
             "endpoint": endpoint,
@@ -609,6 +803,17 @@ class OvershootClient:
                 retry_after=_retry_after(response),
                 **kw,
             )
+        if code == 409:
+            is_region_error, expected = _region_error(response)
+            if is_region_error:
+                where = f" (it names region {expected!r})" if expected else ""
+                return WrongRegion(
+                    f"{what}: the stream is served by another region{where}{said}",
+                    expected_region=expected,
+                    **kw,
+                )
+        if code == 422 and pulling:
+            return SourceUnusable(f"{what}: Overshoot cannot pull the camera{said}", **kw)
         if code in (400, 409, 422):
             return InvalidRequest(f"{what}: the request was refused{said}", **kw)
         if code >= 500:
@@ -620,32 +825,94 @@ class OvershootClient:
         return UnexpectedResponse(f"{what}, which the contract does not describe{said}", **kw)
 
 
+class Secrets:
+    """Everything a call must keep out of what it raises: the API key, and a camera
+    source's URL with any credentials in it (whole, and its userinfo alone)."""
+
+    def __init__(self, api_key: ApiKey, source: CameraSource | None = None) -> None:
+        self.api_key = api_key
+        values = [api_key.get_secret_value()]
+        if source is not None:
+            url = source.url.get_secret_value()
+            values.append(url)
+            userinfo = _userinfo(url)
+            if userinfo:
+                values += [userinfo, unquote(userinfo)]
+                _, _, password = userinfo.partition(":")
+                values += [password, unquote(password)]
+        # Longest first: a URL is scrubbed whole before a password inside it.
+        self._values = sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._values:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _userinfo(url: str) -> str:
+    """The `user:password` part of a URL, as written (still percent-encoded)."""
+    _, sep, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0] if sep else ""
+    userinfo, at, _ = authority.rpartition("@")
+    return userinfo if at else ""
+
+
+def _served_by(response: httpx.Response, asked: str | None) -> str | None:
+    """The region that answered: its X-Overshoot-Region header, else the one asked."""
+    return response.headers.get(REGION_HEADER) or asked
+
+
+# Guess: the body of a 409 region_error is undocumented beyond "naming the expected or
+# requested region". Accept it at the top level or under "detail", and the region under
+# any of these keys, the expected region first.
+_REGION_KEYS = ("expected_region", "stream_region", "correct_region", "region")
+_REGION = re.compile(r"[a-z][a-z0-9-]{1,62}")
+
+
+def _region_error(response: httpx.Response) -> tuple[bool, str | None]:
+    """(whether a 409 is a region_error, the region it says serves the stream)."""
+    try:
+        parsed = response.json()
+    except ValueError:
+        return False, None
+    for candidate in (parsed, parsed.get("detail") if isinstance(parsed, dict) else None):
+        if not isinstance(candidate, dict):
+            continue
+        kind = candidate.get("error") or candidate.get("type") or candidate.get("code")
+        if kind != "region_error":
+            continue
+        for key in _REGION_KEYS:
+            value = candidate.get(key)
+            if isinstance(value, str) and _REGION.fullmatch(value):
+                return True, value
+        return True, None
+    return False, None
+
+
 def _jittered(delay: float) -> float:
     return delay * random.uniform(0.8, 1.2)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds only; dates are ignored)."""
+    """Seconds to wait from Retry-After (delta-seconds only; dates are ignored), else, on a
+    429, from `x-ratelimit-reset`."""
     value = response.headers.get("retry-after")
-    if value is None:
+    if value is not None:
+        with contextlib.suppress(ValueError):
+            seconds = float(value.strip())
+            if seconds >= 0:
+                return seconds
+        return None
+    reset = response.headers.get("x-ratelimit-reset")
+    if reset is None or response.status_code != 429:
         return None
     with contextlib.suppress(ValueError):
-        seconds = float(value.strip())
-        if seconds >= 0:
+        seconds = float(reset.strip())
+        # Guess: documented for inference without a unit; seconds until the reset, as
+        # the emulator sends. A value this large is a time, not a wait: not ours to use.
+        if 0 <= seconds <= 3600:
             return seconds
     return None
-
-
-def _secrets_in(api_key: ApiKey) -> Iterable[str]:
-    key = api_key.get_secret_value()
-    if key:
-        yield key
-
-
-def _scrub(text: str, api_key: ApiKey) -> str:
-    for secret in _secrets_in(api_key):
-        text = text.replace(secret, "***")
-    return text
 
 
 def _scrub_tokens(value: Any) -> Any:
@@ -663,18 +930,18 @@ def _scrub_tokens(value: Any) -> Any:
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 
 
-def _body_text(response: httpx.Response, api_key: ApiKey) -> str:
+def _body_text(response: httpx.Response, secrets: Secrets) -> str:
     try:
         parsed = response.json()
     except ValueError:
         # A proxy's page could quote a token we never parsed: blank anything shaped like
         # a JWT (LiveKit tokens are JWTs) and keep only a prefix.
         text = _JWT_LIKE.sub("***", response.text[:_MAX_BODY_CHARS])
-        return _scrub(text, api_key)
-    return _scrub(json.dumps(_scrub_tokens(parsed))[:_MAX_BODY_CHARS], api_key)
+        return secrets.scrub(text)
+    return secrets.scrub(json.dumps(_scrub_tokens(parsed))[:_MAX_BODY_CHARS])
 
 
-def _detail(response: httpx.Response, api_key: ApiKey) -> str | None:
+def _detail(response: httpx.Response, secrets: Secrets) -> str | None:
     """The human text of an error body, from either documented shape, or None.
 
     Shapes: `{"detail": "text"}`, FastAPI's `{"detail": [{"loc", "msg", "type"}]}`, and
@@ -704,4 +971,4 @@ def _detail(response: httpx.Response, api_key: ApiKey) -> str | None:
         text = parsed["message"]
     if text is None:
         return None
-    return _scrub(text, api_key)[:500]
+    return secrets.scrub(text)[:500]

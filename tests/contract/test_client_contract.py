@@ -27,9 +27,12 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from fixtures.emulator import EmulatorFactory
+from fixtures.emulator import PULL_REGIONS, EmulatorFactory
+from overshoot_emulator.config import key_fingerprint
 from overshoot_localstack.emulator import AsyncEmulatorAdmin, EmulatorProcess
+from overshoot_localstack.rtsp import RtspServer, free_port
 from overshoot_operator.overshoot import (
+    CameraSource,
     InvalidRequest,
     NotFound,
     OvershootClient,
@@ -37,9 +40,11 @@ from overshoot_operator.overshoot import (
     OvershootUnavailable,
     PaymentRequired,
     RateLimited,
+    SourceUnusable,
     StreamCreated,
     Unauthorized,
     UnexpectedResponse,
+    WrongRegion,
 )
 
 pytestmark = pytest.mark.contract
@@ -205,7 +210,13 @@ async def test_a_stream_lives_and_dies_under_each_prefix(
     assert await client.delete_stream(key, created.id) is False
     await raises(NotFound, client.keepalive(key, created.id), secrets)
 
-    assert await calls(admin, key) == {"create": 1, "get": 1, "keepalive": 2, "delete": 2}
+    assert await calls(admin, key) == {
+        "create": 1,
+        "get": 1,
+        "keepalive": 2,
+        "delete": 2,
+        "viewer_token": 0,
+    }
 
 
 async def test_a_deleted_stream_reads_as_ended_then_gone(
@@ -611,7 +622,13 @@ async def test_a_dropped_get_and_delete_are_retried(
     await admin.fault(drop=True, endpoints=["delete"], api_key=key.get_secret_value())
     assert (await client.get_stream(key, created.id)).id == created.id
     assert await client.delete_stream(key, created.id) is True
-    assert await calls(admin, key) == {"create": 1, "get": 2, "keepalive": 0, "delete": 2}
+    assert await calls(admin, key) == {
+        "create": 1,
+        "get": 2,
+        "keepalive": 0,
+        "delete": 2,
+        "viewer_token": 0,
+    }
 
 
 async def test_a_dropped_create_is_not_repeated(
@@ -819,3 +836,130 @@ async def test_one_client_reuses_its_connections(
     for _ in range(5):
         await create(client, other, secrets)
     assert counter.accepted <= 20
+
+
+# --- v1beta: camera sources, viewer tokens, regions ------------------------------------------
+# Against the emulator that pulls cameras itself (private sources allowed, two regions, a
+# short connect window): tests/fixtures/emulator.py's `pulling_emulator`.
+
+CAMERA_PASSWORD = "contract-cam-pw-7e21"
+
+
+@pytest.fixture
+async def pulling_client(
+    pulling_emulator: EmulatorProcess, pauses: Pauses
+) -> AsyncIterator[OvershootClient]:
+    async with OvershootClient(pulling_emulator.url + "/v1beta", sleep=pauses) as made:
+        yield made
+
+
+def camera_source(url: str, secrets: Secrets) -> CameraSource:
+    secrets.values.add(CAMERA_PASSWORD)
+    userinfo = f"viewer:{CAMERA_PASSWORD}@"
+    return CameraSource(type="rtsp", url=SecretStr(url.replace("rtsp://", "rtsp://" + userinfo)))
+
+
+async def test_a_pulled_camera_has_no_publish_token_and_a_moving_last_pull(
+    pulling_emulator: EmulatorProcess, pulling_client: OvershootClient, secrets: Secrets
+) -> None:
+    key = secrets.key("pull")
+    with RtspServer(username="viewer", password=CAMERA_PASSWORD) as camera:
+        created = await pulling_client.create_stream(key, source=camera_source(camera.url, secrets))
+        assert created.publish is None
+        assert created.source is not None and created.source.type == "rtsp"
+        assert created.region == PULL_REGIONS[0]
+
+        first = await pulling_client.get_stream(key, created.id)
+        assert first.last_pull is not None and first.source is not None
+        assert first.region == PULL_REGIONS[0]
+        deadline = time.monotonic() + 15
+        while (
+            state := await pulling_client.get_stream(key, created.id)
+        ).last_pull == first.last_pull:
+            assert time.monotonic() < deadline, "last_pull did not move"
+            await asyncio.sleep(0.2)
+        assert state.last_frame_index is not None
+
+        renewed = await pulling_client.keepalive(key, created.id)
+        assert renewed.publish is None
+        assert await pulling_client.delete_stream(key, created.id) is True
+        assert (await pulling_client.get_stream(key, created.id)).ended
+
+
+async def test_a_camera_that_cannot_be_opened_is_source_unusable_and_makes_nothing(
+    pulling_emulator: EmulatorProcess, pulling_client: OvershootClient, secrets: Secrets
+) -> None:
+    key = secrets.key("unreachable")
+    url = f"rtsp://127.0.0.1:{free_port()}/stream1"
+    error = await raises(
+        SourceUnusable,
+        pulling_client.create_stream(key, source=camera_source(url, secrets)),
+        secrets,
+    )
+    assert error.unreachable and error.status_code == 422 and not error.retryable
+    owner = key_fingerprint(key.get_secret_value())
+    assert [s for s in pulling_emulator.admin.streams() if s["owner"] == owner] == []
+    assert pulling_emulator.admin.calls(key.get_secret_value())["create"] == 1
+
+
+async def test_an_api_without_camera_sources_makes_an_ordinary_stream(
+    pulling_emulator: EmulatorProcess, pauses: Pauses, secrets: Secrets
+) -> None:
+    """/v1 ignores the source (the emulator's reading of an older API): the answer has a
+    publish token and no source, which the operator must notice (leases.py)."""
+    key = secrets.key("v1")
+    async with OvershootClient(pulling_emulator.url + "/v1", sleep=pauses) as client:
+        created = await client.create_stream(
+            key, source=camera_source("rtsp://127.0.0.1:9/none", secrets)
+        )
+        secrets.token(created.publish.token if created.publish else None)
+        assert created.publish is not None and created.source is None
+        assert await client.delete_stream(key, created.id)
+
+
+async def test_a_viewer_token_is_the_owners_only(
+    pulling_client: OvershootClient, secrets: Secrets
+) -> None:
+    key, other = secrets.key("viewer"), secrets.key("not-the-owner")
+    created = await pulling_client.create_stream(key)
+    secrets.token(created.publish.token if created.publish else None)
+    view = await pulling_client.viewer_token(key, created.id, region=created.region)
+    secrets.token(view.token)
+    assert view.url and view.token.get_secret_value() and view.expires_in_seconds == 300
+    await raises(NotFound, pulling_client.viewer_token(other, created.id), secrets)
+    assert await pulling_client.delete_stream(key, created.id)
+    await raises(NotFound, pulling_client.viewer_token(key, created.id), secrets)
+
+
+async def test_calls_reach_the_streams_region_and_follow_a_region_error(
+    pulling_emulator: EmulatorProcess, pulling_client: OvershootClient, secrets: Secrets
+) -> None:
+    home, other = PULL_REGIONS
+    key = secrets.key("regions")
+    created = await pulling_client.create_stream(key, region=other)
+    secrets.token(created.publish.token if created.publish else None)
+    assert created.region == other
+    assert pulling_emulator.admin.stream(created.id)["region"] == other
+
+    # Named: answered by its region at once.
+    assert (await pulling_client.keepalive(key, created.id, region=other)).region == other
+    # Unnamed (a request reaching the default region): the 409 names the right one, and the
+    # client asks it within the same call.
+    state = await pulling_client.get_stream(key, created.id)
+    assert state.region == other
+    # A region the API does not know: refused, naming no region to follow.
+    error = await raises(
+        WrongRegion, pulling_client.create_stream(key, region="mars-north1"), secrets
+    )
+    assert error.status_code == 409 and error.expected_region is None
+    assert pulling_emulator.admin.region() == home
+    assert await pulling_client.delete_stream(key, created.id, region=other)
+
+
+async def test_a_stream_cap_says_when_to_retry_in_its_rate_limit_headers(
+    pulling_emulator: EmulatorProcess, pulling_client: OvershootClient, secrets: Secrets
+) -> None:
+    key = secrets.key("cap")
+    pulling_emulator.admin.set_limit(key.get_secret_value(), 0, retry_after=4)
+    error = await raises(RateLimited, pulling_client.create_stream(key), secrets)
+    assert error.retry_after == 4

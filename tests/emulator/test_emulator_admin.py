@@ -67,6 +67,38 @@ def test_retry_after_defaults_to_one_second(emu: EmulatorProcess, http: httpx.Cl
     assert refused.headers["Retry-After"] == "1"
 
 
+def test_a_cap_answers_rate_limit_headers(emu: EmulatorProcess, http: httpx.Client) -> None:
+    emu.admin.set_limit(ALICE, 2, retry_after=2.5)
+    create(http)
+    create(http)
+    refused = http.post("/streams", json={}, headers=auth(ALICE))
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "2.5"
+    assert refused.headers["x-ratelimit-limit"] == "2"
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert refused.headers["x-ratelimit-reset"] == "3"  # whole seconds, rounded up
+
+
+def test_a_429_fault_answers_rate_limit_headers(emu: EmulatorProcess, http: httpx.Client) -> None:
+    emu.admin.fault(status=429, endpoints=["keepalive"])
+    emu.admin.fault(
+        status=429,
+        endpoints=["keepalive"],
+        retry_after=4,
+        ratelimit_limit=100,
+        ratelimit_remaining=7,
+        ratelimit_reset=42,
+    )
+    stream_id = create(http)
+    first = http.post(f"/streams/{stream_id}/keepalive", headers=auth(ALICE))
+    second = http.post(f"/streams/{stream_id}/keepalive", headers=auth(ALICE))
+    limits = ("Retry-After", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+    assert first.status_code == second.status_code == 429
+    assert [first.headers[name] for name in limits] == ["1", "5", "0", "1"]
+    assert [second.headers[name] for name in limits] == ["4", "100", "7", "42"]
+    assert http.post(f"/streams/{stream_id}/keepalive", headers=auth(ALICE)).status_code == 200
+
+
 # --- faults -------------------------------------------------------------------------
 
 
@@ -79,7 +111,8 @@ def test_a_status_fault_answers_once_then_is_used_up(
     assert faulted.status_code == status
     assert faulted.headers["Content-Type"].startswith("application/json")
     assert isinstance(faulted.json()["detail"], str)
-    assert "Retry-After" not in faulted.headers
+    # Documented for v1beta: only a 429 carries retry-after (then always; "currently 1").
+    assert faulted.headers.get("Retry-After") == ("1" if status == 429 else None)
     create(http)
 
 
@@ -98,6 +131,19 @@ def test_a_fault_lasts_count_calls_on_its_endpoints_only(
     for _ in range(2):
         assert http.post(f"/streams/{stream_id}/keepalive", headers=auth(ALICE)).status_code == 503
     assert http.post(f"/streams/{stream_id}/keepalive", headers=auth(ALICE)).status_code == 200
+
+
+def test_a_fault_can_target_viewer_tokens(emu: EmulatorProcess, http: httpx.Client) -> None:
+    stream_id = create(http)
+    emu.admin.fault(status=503, endpoints=["viewer_token"])
+    assert http.get(f"/streams/{stream_id}", headers=auth(ALICE)).status_code == 200
+    token = f"/streams/{stream_id}/viewer-token"
+    assert http.post(token, headers=auth(ALICE)).status_code == 503
+    assert http.post(token, headers=auth(ALICE)).status_code == 200
+    assert emu.admin.calls(ALICE)["viewer_token"] == 2
+    # A fault without endpoints covers viewer tokens too.
+    emu.admin.fault(status=502)
+    assert http.post(token, headers=auth(ALICE)).status_code == 502
 
 
 def test_faults_queue_in_order(emu: EmulatorProcess, http: httpx.Client) -> None:
@@ -142,6 +188,12 @@ def test_a_latency_fault_trips_a_client_timeout(emu: EmulatorProcess) -> None:
         pytest.raises(httpx.ReadTimeout),
     ):
         impatient.post("/streams", json={}, headers=auth(ALICE))
+    # The server still makes the stream once the latency is over (a lost create response).
+    # Waiting for it also keeps it from appearing in the middle of a later test.
+    deadline = time.monotonic() + 10
+    while not emu.admin.streams():
+        assert time.monotonic() < deadline, "the late create made no stream"
+        time.sleep(0.05)
 
 
 def test_a_proxy_error_page(emu: EmulatorProcess, http: httpx.Client) -> None:
@@ -205,20 +257,34 @@ def test_every_call_is_counted_per_key_and_endpoint(
     http.delete(f"/streams/{stream_id}", headers=auth(ALICE))
     http.post("/streams", json={})  # no key at all
 
-    assert emu.admin.calls(ALICE) == {"create": 1, "get": 1, "keepalive": 2, "delete": 1}
-    assert emu.admin.calls(BOB) == {"create": 0, "get": 1, "keepalive": 0, "delete": 0}
+    http.post(f"/streams/{stream_id}/viewer-token", headers=auth(ALICE))  # ended: 404
+
+    assert emu.admin.calls(ALICE) == {
+        "create": 1,
+        "get": 1,
+        "keepalive": 2,
+        "delete": 1,
+        "viewer_token": 1,
+    }
+    assert emu.admin.calls(BOB) == {
+        "create": 0,
+        "get": 1,
+        "keepalive": 0,
+        "delete": 0,
+        "viewer_token": 0,
+    }
     everything = emu.admin.calls()
-    assert set(everything) == {"create", "get", "keepalive", "delete"}
+    assert set(everything) == {"create", "get", "keepalive", "delete", "viewer_token"}
     assert everything["create"] == {
         next(iter(everything["delete"])): 1,
         "anonymous": 1,
     }
     assert all(name.startswith("sha256:") for name in everything["get"])
     with httpx.Client(base_url=emu.url) as admin:
-        assert admin.get("/_emulator/calls").json()["total"] == 7
+        assert admin.get("/_emulator/calls").json()["total"] == 8
 
     emu.admin.reset_calls()
-    assert emu.admin.calls(ALICE) == {"create": 0, "get": 0, "keepalive": 0, "delete": 0}
+    assert set(emu.admin.calls(ALICE).values()) == {0}
 
 
 # --- fake frames, listing, reset ---------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Contract tests: the four stream endpoints of a real emulator process, over sockets,
-under both `/v1` and `/v1beta`, with per-key auth and ownership."""
+"""Contract tests: the stream endpoints of a real emulator process, over sockets, under
+both `/v1` and `/v1beta`, with per-key auth and ownership: the four documented ones and
+the viewer token (v1beta)."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def test_keepalive_renews_the_lease_with_a_fresh_token(client: httpx.Client, pre
     publish = created["publish"]
     assert isinstance(publish, dict)
     tokens = {publish["token"]}
-    expiries = [created["expires_at_ms"]]
+    expiries = [int(str(created["expires_at_ms"]))]
     for _ in range(3):
         response = client.post(f"{prefix}/streams/{created['id']}/keepalive", headers=auth(ALICE))
         assert response.status_code == 200
@@ -168,6 +169,7 @@ def test_every_endpoint_wants_a_valid_key(
         ("POST", f"{prefix}/streams"),
         ("GET", f"{prefix}/streams/{stream_id}"),
         ("POST", f"{prefix}/streams/{stream_id}/keepalive"),
+        ("POST", f"{prefix}/streams/{stream_id}/viewer-token"),
         ("DELETE", f"{prefix}/streams/{stream_id}"),
     ]
     for method, path in calls:
@@ -181,6 +183,7 @@ def test_a_stream_of_another_key_is_not_found(client: httpx.Client, prefix: str)
     for method, path in [
         ("GET", f"{prefix}/streams/{stream_id}"),
         ("POST", f"{prefix}/streams/{stream_id}/keepalive"),
+        ("POST", f"{prefix}/streams/{stream_id}/viewer-token"),
         ("DELETE", f"{prefix}/streams/{stream_id}"),
     ]:
         response = client.request(method, path, headers=auth(BOB))
@@ -195,11 +198,39 @@ def test_unknown_streams_are_not_found(client: httpx.Client, prefix: str, stream
     for method, path in [
         ("GET", f"{prefix}/streams/{stream_id}"),
         ("POST", f"{prefix}/streams/{stream_id}/keepalive"),
+        ("POST", f"{prefix}/streams/{stream_id}/viewer-token"),
         ("DELETE", f"{prefix}/streams/{stream_id}"),
     ]:
         response = client.request(method, path, headers=auth(ALICE))
         assert response.status_code == 404
         assert response.json() == {"detail": "Stream not found"}
+
+
+def test_a_viewer_token_answers_the_documented_shape(client: httpx.Client, prefix: str) -> None:
+    created = create(client, prefix)
+    tokens = set()
+    for _ in range(2):
+        response = client.post(
+            f"{prefix}/streams/{created['id']}/viewer-token", headers=auth(ALICE)
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert set(body) == {"view"}
+        assert set(body["view"]) == {"url", "token", "expires_in_seconds"}
+        assert body["view"]["expires_in_seconds"] == 300
+        assert body["view"]["url"] == created["publish"]["url"]  # type: ignore[index]
+        tokens.add(body["view"]["token"])
+    assert len(tokens) == 2
+
+
+def test_an_ended_stream_has_no_viewer_token(client: httpx.Client, prefix: str) -> None:
+    stream_id = create(client, prefix)["id"]
+    assert client.delete(f"{prefix}/streams/{stream_id}", headers=auth(ALICE)).status_code == 200
+    # The tombstone is still readable, but there is nothing to view.
+    assert client.get(f"{prefix}/streams/{stream_id}", headers=auth(ALICE)).status_code == 200
+    response = client.post(f"{prefix}/streams/{stream_id}/viewer-token", headers=auth(ALICE))
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Stream not found"}
 
 
 def test_streams_are_shared_between_prefixes(client: httpx.Client) -> None:

@@ -1,5 +1,6 @@
 """Contract tests: with LiveKit settings the emulator mints real LiveKit access tokens
-(HS256, publish-only grant to the stream's room); checked with pyjwt and the secret."""
+(HS256, publish-only grants to the stream's room, subscribe-only hidden viewer grants);
+checked with pyjwt and the secret."""
 
 from __future__ import annotations
 
@@ -63,6 +64,42 @@ def test_tokens_are_livekit_jwts_for_the_streams_room(fresh_emulator: EmulatorFa
 
     [listed] = emulator.admin.streams()
     assert listed["room"] == f"overshoot-{stream_id}"
+
+
+def test_viewer_tokens_are_subscribe_only_livekit_jwts(fresh_emulator: EmulatorFactory) -> None:
+    emulator = fresh_emulator(
+        livekit_url=LIVEKIT_URL,
+        livekit_api_key=LIVEKIT_KEY,
+        livekit_api_secret=LIVEKIT_SECRET,
+    )
+    with httpx.Client(base_url=emulator.url + "/v1beta", timeout=10) as http:
+        stream_id = http.post("/streams", json={}, headers=AUTH).json()["id"]
+        identities = set()
+        for _ in range(2):
+            response = http.post(f"/streams/{stream_id}/viewer-token", headers=AUTH)
+            assert response.status_code == 200
+            view = response.json()["view"]
+            assert view["url"] == LIVEKIT_URL
+            assert view["expires_in_seconds"] == 300
+            claims = decode(view["token"])
+            assert claims["video"] == {
+                "roomJoin": True,
+                "room": f"overshoot-{stream_id}",
+                "canPublish": False,
+                "canPublishData": False,
+                "canSubscribe": True,
+                "hidden": True,
+            }
+            assert claims["exp"] - claims["nbf"] == 300
+            assert claims["nbf"] <= time.time() + 1
+            prefix, _, suffix = claims["sub"].partition("-")
+            assert prefix == "viewer"
+            int(suffix, 16)  # random hex
+            identities.add(claims["sub"])
+        # Two viewers never share an identity (LiveKit would kick the first one).
+        assert len(identities) == 2
+        other = {"Authorization": "Bearer ovs-someone-else"}
+        assert http.post(f"/streams/{stream_id}/viewer-token", headers=other).status_code == 404
 
 
 def test_a_wrong_secret_does_not_verify(fresh_emulator: EmulatorFactory) -> None:

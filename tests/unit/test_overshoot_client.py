@@ -243,3 +243,183 @@ async def test_token_in_a_non_json_error_page_is_blanked() -> None:
             await client.get_stream(KEY, SID)
     assert jwt not in (info.value.body or "")
     assert "upstream said" in (info.value.body or "")
+
+
+# ---- v1beta: camera sources, regions, viewer tokens ------------------------------------
+
+CAMERA_URL = "rtsp://viewer:p%40ss-w0rd-77@cam.example.com:554/stream1"
+CAMERA_PASSWORD_PARTS = ("p%40ss-w0rd-77", "p@ss-w0rd-77", CAMERA_URL)
+
+
+def pulled_body() -> dict[str, object]:
+    return {
+        "id": SID,
+        "state": "active",
+        "publish": None,
+        "source": {"type": "rtsp"},
+        "expires_at_ms": 1777529931184,
+        "ttl_seconds": 300,
+    }
+
+
+async def test_create_with_a_camera_source_sends_it_and_reads_the_region() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json=pulled_body(), headers={"X-Overshoot-Region": "us-west1"})
+
+    source = ov.CameraSource(type="rtsp", url=SecretStr(CAMERA_URL))
+    async with client_for(handler) as client:
+        created = await client.create_stream(KEY, source=source)
+    assert created.publish is None
+    assert created.source is not None and created.source.type == "rtsp"
+    assert created.region == "us-west1"
+    assert json.loads(seen[0].content) == {"source": {"type": "rtsp", "url": CAMERA_URL}}
+    assert "X-Overshoot-Region" not in seen[0].headers
+    # The create waits for Overshoot's own retries of the URL: a longer read timeout.
+    assert seen[0].extensions["timeout"]["read"] == ov.PULL_CREATE_READ_TIMEOUT
+    assert CAMERA_URL not in repr(source) and CAMERA_URL not in str(source)
+
+
+@pytest.mark.parametrize(
+    ("body", "unreachable"),
+    [
+        ({"detail": "Could not connect to source url (check reachability and credentials)"}, True),
+        ({"detail": "Source url must resolve to a public address"}, False),
+        # FastAPI's validation shape, with the input echoed: the URL must not survive.
+        (
+            {"detail": [{"loc": ["body", "source", "url"], "msg": "bad url", "input": CAMERA_URL}]},
+            False,
+        ),
+    ],
+)
+async def test_a_refused_camera_is_source_unusable_and_its_url_is_scrubbed(
+    body: dict[str, object], unreachable: bool
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json=body)
+
+    source = ov.CameraSource(type="rtsp", url=SecretStr(CAMERA_URL))
+    async with client_for(handler) as client:
+        with pytest.raises(ov.SourceUnusable) as caught:
+            await client.create_stream(KEY, source=source)
+    err = caught.value
+    assert err.unreachable is unreachable
+    assert not err.retryable
+    for text in (str(err), repr(err), err.body or "", err.detail or ""):
+        for secret in CAMERA_PASSWORD_PARTS:
+            assert secret not in text, (secret, text)
+
+
+async def test_a_422_without_a_source_is_still_an_invalid_request() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"detail": "nope"})
+
+    async with client_for(handler) as client:
+        with pytest.raises(ov.InvalidRequest):
+            await client.create_stream(KEY)
+
+
+async def test_calls_name_the_region_and_follow_a_region_error_once() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        asked = request.headers.get("X-Overshoot-Region")
+        if asked != "us-west1":
+            return httpx.Response(
+                409,
+                json={
+                    "error": "region_error",
+                    "message": "served elsewhere",
+                    "expected_region": "us-west1",
+                    "requested_region": asked,
+                },
+                headers={"X-Overshoot-Region": asked or "us-central1"},
+            )
+        return httpx.Response(
+            200,
+            json={"id": SID, "expires_at_ms": 1, "publish": None},
+            headers={"X-Overshoot-Region": "us-west1"},
+        )
+
+    async with client_for(handler) as client:
+        result = await client.keepalive(KEY, SID, region="us-central1")
+    assert result.region == "us-west1"
+    assert [r.headers.get("X-Overshoot-Region") for r in seen] == ["us-central1", "us-west1"]
+
+
+async def test_a_region_error_is_followed_at_most_once() -> None:
+    seen: list[str | None] = []
+    regions = iter(["us-west1", "eu-west4", "us-east1"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("X-Overshoot-Region"))
+        return httpx.Response(
+            409, json={"detail": {"error": "region_error", "region": next(regions)}}
+        )
+
+    async with client_for(handler) as client:
+        with pytest.raises(ov.WrongRegion) as caught:
+            await client.get_stream(KEY, SID)
+    assert seen == [None, "us-west1"]
+    assert caught.value.expected_region == "eu-west4"
+
+
+async def test_a_plain_409_is_an_invalid_request() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"detail": "conflict"})
+
+    async with client_for(handler) as client:
+        with pytest.raises(ov.InvalidRequest) as caught:
+            await client.delete_stream(KEY, SID)
+    assert not isinstance(caught.value, ov.WrongRegion)
+
+
+async def test_viewer_token_parses_and_hides_the_token() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200, json={"view": {"url": "wss://lk", "token": TOKEN, "expires_in_seconds": 300}}
+        )
+
+    async with client_for(handler) as client:
+        view = await client.viewer_token(KEY, SID, region="us-west1")
+    assert seen[0].url.path.endswith(f"/streams/{SID}/viewer-token")
+    assert seen[0].method == "POST"
+    assert seen[0].headers["X-Overshoot-Region"] == "us-west1"
+    assert view.url == "wss://lk" and view.expires_in_seconds == 300
+    assert view.token.get_secret_value() == TOKEN and TOKEN not in repr(view)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "3"}, 3.0),
+        ({"x-ratelimit-reset": "7", "x-ratelimit-remaining": "0"}, 7.0),
+        ({"Retry-After": "2", "x-ratelimit-reset": "9"}, 2.0),
+        ({"x-ratelimit-reset": "1777529931"}, None),  # a time, not a wait
+        ({}, None),
+    ],
+)
+async def test_rate_limit_waits_come_from_retry_after_or_the_reset(
+    headers: dict[str, str], expected: float | None
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={"detail": "slow down"}, headers=headers)
+
+    async with client_for(handler) as client:
+        with pytest.raises(ov.RateLimited) as caught:
+            await client.get_stream(KEY, SID)
+    assert caught.value.retry_after == expected
+
+
+def test_get_reads_last_pull_and_source() -> None:
+    state = ov.StreamState.model_validate(
+        {"id": SID, "state": "active", "last_pull": 1777529643664, "source": {"type": "hls"}}
+    )
+    assert state.last_pull == 1777529643664
+    assert state.source is not None and state.source.type == "hls"
