@@ -952,6 +952,12 @@ class RealNode:
         return str(self.pod_cidr.network_address + 1)
 
     @property
+    def bridge_mac(self) -> str:
+        """The Pod bridge's own, fixed MAC address: locally administered (02:...), unique
+        per node index."""
+        return "02:6f:76:6b:{:02x}:{:02x}".format(self.index >> 8 & 0xFF, self.index & 0xFF)
+
+    @property
     def bridge(self) -> str:
         return f"{IF_PREFIX}b{self.index}"
 
@@ -1081,7 +1087,12 @@ class RealNode:
             raise NodeError(f"No free node index below {MAX_INSTANCES}.")
         self.state.interfaces.append(self.bridge)
         self.state.save()
-        _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        # A fixed address: a bridge without one takes the lowest of its ports' and changes
+        # it when a port goes (a Pod deleted), while the other Pods' ARP caches still hold
+        # the old one; their traffic to the node then vanishes for the ~20 s until the
+        # entry is probed again (measured: a recreated stream's publisher waited 20-37 s
+        # to reach LiveKit whenever another test's Pod was torn down just before).
+        _run(["ip", "link", "add", self.bridge, "address", self.bridge_mac, "type", "bridge"])
         for cmd in (
             ["addr", "add", f"{self.node_ip}/32", "dev", node_if],
             ["link", "set", peer_if, "up"],

@@ -165,6 +165,40 @@ def test_node_listens_on_its_own_address_only(real_node: NodeRun) -> None:
         assert address.rsplit(":", 1)[0] == node.node_ip, listening
 
 
+def test_the_pod_bridge_keeps_its_address_when_a_pod_goes(real_node: NodeRun) -> None:
+    """A Linux bridge without an address of its own takes its lowest port's and changes it
+    when that port goes; the other Pods' ARP caches then point at a MAC nobody answers
+    for until they are probed again (~20 s without reaching the node: seen as a publisher
+    that could not reach LiveKit right after another test's Pod was deleted). A veth with
+    a lower MAC than any Pod's joins the bridge and leaves it, as a Pod's would."""
+    node = real_node.node
+    address = Path(f"/sys/class/net/{node.bridge}/address")
+    assert address.read_text().strip() == node.bridge_mac
+    port, peer = f"ovkt{node.index}", f"ovku{node.index}"
+    subprocess.run(
+        [
+            "ip",
+            "link",
+            "add",
+            port,
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+        ],
+        check=True,
+    )
+    try:
+        subprocess.run(["ip", "link", "set", port, "master", node.bridge], check=True)
+        assert address.read_text().strip() == node.bridge_mac
+    finally:
+        subprocess.run(["ip", "link", "del", port], check=True)
+    assert address.read_text().strip() == node.bridge_mac
+
+
 def test_pods_without_the_toleration_stay_on_kwok(
     real_node: NodeRun, kube_api: client.ApiClient, namespace: str
 ) -> None:
