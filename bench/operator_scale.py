@@ -851,6 +851,9 @@ def main() -> int:
                 "default_api_key_secret_namespace": NAMESPACE,
                 "publisher_image": "overshoot-operator:bench",
                 "keepalive_interval_seconds": str(args.keepalive_interval),
+                # kwok's Pods send no frame: without this, every stream would be released
+                # as a dead camera after 3 minutes.
+                "first_frame_timeout_seconds": "0",
                 "api_max_per_second": str(max_per_second),
                 # As the Helm chart runs it: the Lease is renewed every 2 s.
                 "leader_election": "true",

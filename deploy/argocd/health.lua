@@ -4,7 +4,8 @@
 --   Healthy      Ready is True for the current generation (frames are reaching Overshoot)
 --   Progressing  no status yet, status for an older generation, Pending / Provisioning,
 --                transient trouble the operator retries on its own
---   Degraded     phase Degraded or Failed, or Ready False for a reason a user must fix
+--   Degraded     phase Degraded or Failed (a stale camera of a ServerPull stream too), or
+--                Ready False for a reason a user must fix
 --   Suspended    spec.suspend is true and the operator has released the stream
 -- A resource being deleted never reaches this script: Argo CD answers Progressing
 -- ("Pending deletion") for any object with a deletionTimestamp before it runs a health check.
@@ -21,6 +22,14 @@ local userFixable = {
   InvalidSpec = true,
   PublisherRejected = true,
   RemoteStreamEnded = true,
+  -- delivery ServerPull: Overshoot cannot open or will not pull the camera
+  SourceUnreachable = true,
+  SourceRefused = true,
+  ServerPullUnsupported = true,
+  -- spec.region names a region Overshoot refuses
+  RegionRejected = true,
+  -- a publisher stream no frame reached was released until the source delivers
+  WaitingForSource = true,
 }
 
 local function findCondition(conditions, conditionType)

@@ -85,9 +85,62 @@ def make_clip(
     return path
 
 
+def make_audio_clip(path: str | Path, *, seconds: float = 4.0, rate: int = 48000) -> Path:
+    """A media file with a sine tone and no video at all (container from the suffix): a
+    source a video publisher must refuse."""
+    path = Path(path)
+    out: Any = av.open(str(path), "w")
+    try:
+        stream = out.add_stream("mp2", rate=rate)
+        src: Any = av.open(
+            f"sine=frequency=440:sample_rate={rate}:duration={seconds}", format="lavfi"
+        )
+        try:
+            for frame in src.decode(audio=0):
+                frame.pts = None
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+        finally:
+            src.close()
+        for packet in stream.encode():
+            out.mux(packet)
+    finally:
+        out.close()
+    return path
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("HLS server: " + format, *args)
+        logger.debug("HTTP media server: " + format, *args)
+
+
+class FileServer:
+    """Plain HTTP of one directory's files at `address` (e.g. a real node's address, for
+    Pods to reach): a media URL that is not a live stream."""
+
+    def __init__(self, directory: str | Path, *, address: str = "127.0.0.1") -> None:
+        handler = functools.partial(_QuietHandler, directory=str(directory))
+        self.address = address
+        self._server = http.server.ThreadingHTTPServer((address, 0), handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="media-http", daemon=True
+        )
+
+    def url(self, name: str) -> str:
+        return f"http://{self.address}:{self._server.server_address[1]}/{name}"
+
+    def __enter__(self) -> FileServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 class HlsSource:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 from overshoot_operator import resource as res
-from overshoot_operator.kube import Kube, KubeError, SecretProblem
+from overshoot_operator.kube import Kube, KubeError, SecretData, SecretProblem
 
 # How long a read is reused (seconds). Far below every retry delay of a user-fixable
 # problem, so a fixed or rotated key is seen at the next attempt.
@@ -37,7 +37,7 @@ Clock = Callable[[], float]
 @dataclass(frozen=True)
 class _Read:
     started: float
-    future: asyncio.Future[dict[str, str] | None]
+    future: asyncio.Future[SecretData | None]
 
 
 class SecretReader:
@@ -48,7 +48,7 @@ class SecretReader:
         self._clock = clock
         self._reads: dict[tuple[str, str], _Read] = {}
 
-    async def _data(self, namespace: str, name: str, *, fresh: bool) -> dict[str, str] | None:
+    async def _read(self, namespace: str, name: str, *, fresh: bool) -> SecretData | None:
         where = (namespace, name)
         read = self._reads.get(where)
         now = self._clock()
@@ -59,7 +59,7 @@ class SecretReader:
             # A failed shared read is read again, so the error names this resource.
             with contextlib.suppress(KubeError):
                 return await asyncio.shield(read.future)
-        future = asyncio.ensure_future(self._kube.read_secret_data(namespace, name))
+        future = asyncio.ensure_future(self._kube.read_secret(namespace, name))
         # Retrieved even if every waiter is cancelled.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._reads[where] = _Read(now, future)
@@ -75,9 +75,15 @@ class SecretReader:
         self, selector: res.SecretKeySelector, *, field: str, owner: str, fresh: bool = False
     ) -> SecretStr:
         """One key of a Secret, decoded; SecretProblem names `owner`, `field` and the fix."""
-        data = await self._data(selector.namespace, selector.name, fresh=fresh)
+        return (await self._value(selector, field=field, owner=owner, fresh=fresh))[0]
+
+    async def _value(
+        self, selector: res.SecretKeySelector, *, field: str, owner: str, fresh: bool
+    ) -> tuple[SecretStr, str]:
+        secret = await self._read(selector.namespace, selector.name, fresh=fresh)
         where = f"Secret {selector.namespace}/{selector.name}"
-        if data is None:
+        data = secret.data if secret is not None else None
+        if secret is None or data is None:
             raise SecretProblem(
                 f"{owner}: {field} names {where}, which does not exist; "
                 f"create it with key {selector.key!r}",
@@ -100,15 +106,34 @@ class SecretReader:
                 "put the value in it",
                 reason="SecretKeyInvalid",
             )
-        return SecretStr(value)
+        return SecretStr(value), secret.resource_version
 
     async def check_keys(
         self, namespace: str, name: str, keys: list[str], *, field: str, owner: str
-    ) -> None:
-        """Raise SecretProblem unless the Secret exists with all `keys` non-empty."""
+    ) -> str:
+        """Raise SecretProblem unless the Secret exists with all `keys` non-empty; return
+        the Secret's resourceVersion."""
+        return (await self.values(namespace, name, keys, field=field, owner=owner))[1]
+
+    async def values(
+        self,
+        namespace: str,
+        name: str,
+        keys: list[str],
+        *,
+        field: str,
+        owner: str,
+        fresh: bool = False,
+    ) -> tuple[list[SecretStr], str]:
+        """`keys` of one Secret, decoded, and its resourceVersion (SecretProblem as above)."""
+        found: list[SecretStr] = []
+        version = ""
         for key in keys:
             selector = res.SecretKeySelector(namespace=namespace, name=name, key=key)
-            await self.value(selector, field=field, owner=owner)
+            value, version = await self._value(selector, field=field, owner=owner, fresh=fresh)
+            fresh = False  # one read serves every key
+            found.append(value)
+        return found, version
 
     def forget(self) -> None:
         self._reads.clear()

@@ -79,6 +79,12 @@ class Children:
         held.secret_stream_id = held.stream_id
         return True
 
+    async def write_standby_secret(self, observed: Observed) -> None:
+        """The publish Secret naming no stream (standby: the operator holds none while the
+        publisher proves its source); the old token of a released stream is of no use."""
+        manifest = manifests.build_publish_secret(observed.ref(), url="", token="", stream_id="")
+        await self._kube.apply_secret(manifest, exists=True, urgent=True)
+
     async def read_secret_stream_id(self, observed: Observed) -> str | None:
         secret = await self._kube.read_publish_secret(
             observed.namespace, res.publish_secret_name(observed.name)

@@ -63,6 +63,57 @@ def publisher_rejected(err: KubeError, *, owner: str, child: str) -> Problem:
     )
 
 
+# The Ready reason while no stream is held because no frame of the last one ever reached
+# Overshoot, until the publisher proves its source.
+WAITING_FOR_SOURCE = "WaitingForSource"
+
+
+def waiting_for_source(
+    *, owner: str, stream_id: str, bound: float, failure: str | None, later: str
+) -> Problem:
+    """A publisher stream that no frame reached was released: the user's camera (or the
+    path from the publisher to LiveKit) needs a look; nothing is paid for meanwhile."""
+    said = f"the publisher says: {failure}" if failure else "the publisher reports no failure"
+    message = (
+        f"{owner}: released remote stream {stream_id}: no frame reached Overshoot within "
+        f"{bound:.0f}s of its creation ({said}). No stream is paid for until the source "
+        "delivers: the publisher Pod keeps trying it (the kubelet restarts it with backoff) "
+        f"and a new stream is created once the Pod is Ready{later}; check spec.source and "
+        "the publisher's logs"
+    )
+    return Problem("WaitingForSource", message, True, bound)
+
+
+# A camera Overshoot refused is not created again until what it pulls changes; its
+# credentials Secret is read again this often to notice a change.
+PULL_RECHECK_SECONDS = USER_FIX_RETRY_SECONDS
+
+
+def pull_refused(
+    err: ov.SourceUnusable | ov.ServerPullUnsupported, *, owner: str, field: str, api_url: str
+) -> Problem:
+    """Overshoot will not pull the camera of an explicit ServerPull: the same create cannot
+    succeed until the source, its credentials, the region or the network change."""
+    until = (
+        f"not tried again until {field}, its credentials Secret or spec.region change (or "
+        f"the resource is annotated {res.REFRESH_ANNOTATION}=<new value> once the camera is "
+        "reachable); or set spec.delivery to Publisher to pull it from inside the cluster"
+    )
+    if isinstance(err, ov.ServerPullUnsupported):
+        message = (
+            f"{owner}: the Overshoot API at {api_url} ignored the camera source (it answered "
+            "with an ordinary stream, released again): camera sources need a /v1beta API URL "
+            "(the operator's OVERSHOOT_API_URL); or set spec.delivery to Publisher"
+        )
+        return Problem("ServerPullUnsupported", message, True, PULL_RECHECK_SECONDS)
+    said = err.detail or err.message
+    if err.unreachable:
+        message = f"{owner}: Overshoot could not connect to {field} ({said}); {until}"
+        return Problem("SourceUnreachable", message, True, PULL_RECHECK_SECONDS)
+    message = f"{owner}: Overshoot refused to pull {field} ({said}); {until}"
+    return Problem("SourceRefused", message, True, PULL_RECHECK_SECONDS)
+
+
 def problem_from_error(err: Exception, *, owner: str, api_key_ref: str) -> Problem:
     """The one mapping of boundary errors to condition reasons (invariant 8)."""
     if isinstance(err, SecretProblem):
@@ -83,6 +134,12 @@ def problem_from_error(err: Exception, *, owner: str, api_key_ref: str) -> Probl
             True,
             USER_FIX_RETRY_SECONDS * 4,
         )
+    if isinstance(err, ov.WrongRegion):
+        message = (
+            f"{owner}: Overshoot answered with a region error ({err.detail or err.message}); "
+            "set spec.region to a region the account's streams are served from, or remove it"
+        )
+        return Problem("RegionRejected", message, True, USER_FIX_RETRY_SECONDS * 4)
     if isinstance(err, ov.RateLimited):
         wait = err.retry_after if err.retry_after is not None else 30.0
         return Problem(
@@ -127,6 +184,9 @@ class Facts:
     # Why the publisher container is not publishing, in the kubelet's words (a crash with
     # its termination message, an image that cannot be pulled), if it is not.
     publisher_failure: str | None = None
+    # Overshoot pulls the camera itself (ServerPull): the frame times above are its pulls
+    # (GET's last_pull) and there is no publisher.
+    pulled: bool = False
 
 
 def frames_fresh(last_frame_at_ms: int | None, *, now: datetime, fresh_seconds: float) -> bool:
@@ -185,6 +245,9 @@ def summarize(
         put(T.PUBLISHING, "True", "FramesArriving", "Overshoot reports frames arriving")
     elif failing is not None:
         put(T.PUBLISHING, "False", "PublisherFailing", failing)
+    elif facts.ever_had_frames and facts.pulled:
+        # The stream is fine: Overshoot reconnects a dropped camera by itself.
+        put(T.PUBLISHING, "False", "SourceStale", _stale_message(facts, fresh_seconds))
     elif facts.ever_had_frames:
         put(
             T.PUBLISHING,
@@ -193,6 +256,8 @@ def summarize(
             f"No frame reached Overshoot in the last {fresh_seconds:.0f}s; "
             "check the publisher Pod's logs and the source",
         )
+    elif facts.lease_held and facts.pulled:
+        put(T.PUBLISHING, "False", "WaitingForFrames", "Waiting for Overshoot's first pull")
     elif facts.lease_held:
         waiting = "publisher Pod not ready yet" if facts.pod_ready is False else "no frame yet"
         put(T.PUBLISHING, "False", "WaitingForFrames", f"Waiting for frames: {waiting}")
@@ -216,11 +281,23 @@ def summarize(
         else:
             put(T.READY, "True", "Publishing", "Frames are reaching Overshoot")
         return "Publishing", conditions
+    if facts.ever_had_frames and facts.pulled:
+        put(T.READY, "False", "SourceStale", _stale_message(facts, fresh_seconds))
+        return "Degraded", conditions
     if facts.ever_had_frames:
         put(T.READY, "False", "FramesStopped", "Frames stopped reaching Overshoot")
         return "Degraded", conditions
     put(T.READY, "False", "WaitingForFrames", "Stream created; waiting for the first frames")
     return "Provisioning", conditions
+
+
+def _stale_message(facts: Facts, fresh_seconds: float) -> str:
+    since = rfc3339(ms_to_datetime(facts.last_frame_at_ms)) or "?"
+    return (
+        f"Overshoot has pulled no frame from the camera for over {fresh_seconds:.0f}s "
+        f"(last at {since}); the stream is kept and Overshoot reconnects by itself "
+        "(backing off up to 30s); check that the camera is up and reachable from the internet"
+    )
 
 
 def ms_to_datetime(ms: int | None) -> datetime | None:

@@ -25,6 +25,7 @@ import contextlib
 import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import kubernetes
@@ -88,6 +89,15 @@ class SecretProblem(KubeError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message, status=None)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class SecretData:
+    """A Secret as read: its data (base64 still encoded; never logged) and the
+    resourceVersion that changes with every write to it."""
+
+    data: dict[str, str] = field(repr=False)
+    resource_version: str
 
 
 def load_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
@@ -176,16 +186,24 @@ class Kube:
 
     # ---- user Secrets (API key, source credentials) ------------------------------------
 
-    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        """A Secret's data, base64 still encoded, or None if it does not exist."""
+    async def read_secret(self, namespace: str, name: str) -> SecretData | None:
+        """A Secret's data (base64 still encoded) and version, or None if it does not exist."""
         try:
             secret = await self._call(
                 f"Get Secret {namespace}/{name}", self._core.read_namespaced_secret, name, namespace
             )
         except NotFoundError:
             return None
-        data: dict[str, str] = (secret or {}).get("data") or {}
-        return data
+        body = secret or {}
+        return SecretData(
+            data=body.get("data") or {},
+            resource_version=str((body.get("metadata") or {}).get("resourceVersion") or ""),
+        )
+
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's data, base64 still encoded, or None if it does not exist."""
+        secret = await self.read_secret(namespace, name)
+        return secret.data if secret is not None else None
 
     # ---- owned Secret ------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ every HTTP request) and the loop clock.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from datetime import datetime
@@ -72,11 +73,35 @@ class Leases:
 
     # ---- calls ---------------------------------------------------------------------
 
-    async def create(self, api_key: SecretStr, *, uid: str, interval: float) -> Held:
-        """POST /streams: a new stream whose id is not yet written down anywhere."""
-        created = await self.client.create_stream(api_key)
+    async def create(
+        self,
+        api_key: SecretStr,
+        *,
+        uid: str,
+        interval: float,
+        region: str | None = None,
+        revision: str | None = None,
+        pull: ov.CameraSource | None = None,
+    ) -> Held:
+        """POST /streams: a new stream whose id is not yet written down anywhere.
+
+        `pull` (a camera) makes Overshoot pull it (ServerPull); an answer that still hands
+        out a publish token means the API ignored the source (`ServerPullUnsupported`,
+        after the stream was released again). `revision` is what it is created with."""
+        created = await self.client.create_stream(api_key, source=pull, region=region)
         held = Held(created.id, uid, api_key, created.expires_at_ms, recorded=False)
+        held.region = created.region
+        if pull is not None:
+            if created.publish is not None and created.source is None:
+                # Guess: an API version before camera sources ignores the body's source
+                # and makes an ordinary stream. Nobody would publish into it: let it go.
+                with contextlib.suppress(ov.OvershootError):
+                    await self.client.delete_stream(api_key, created.id, region=created.region)
+                raise ov.ServerPullUnsupported(created.id)
+            held.delivery = "ServerPull"
+        held.revision = revision
         held.publish = created.publish
+        held.acquired_at = self._loop_time()
         held.keepalive_at = self.next_keepalive_at(held, interval=interval)
         return held
 
@@ -86,7 +111,7 @@ class Leases:
         lateness = max(0.0, self._loop_time() - held.keepalive_at)
         metrics.KEEPALIVE_LATENESS.observe(lateness)
         try:
-            result = await self.client.keepalive(held.api_key, held.stream_id)
+            result = await self.client.keepalive(held.api_key, held.stream_id, region=held.region)
         except ov.NotFound:
             metrics.KEEPALIVES.labels("ended").inc()
             raise
@@ -94,16 +119,23 @@ class Leases:
             metrics.KEEPALIVES.labels("error").inc()
             raise
         metrics.KEEPALIVES.labels("ok").inc()
+        held.region = result.region or held.region
         held.expires_at_ms = result.expires_at_ms
         held.last_keepalive = self._wall()
         if result.publish is not None:
             held.publish = result.publish
         held.keepalive_at = self.next_keepalive_at(held, interval=interval)
 
-    async def adopt(self, api_key: SecretStr, stream_id: str, *, uid: str, interval: float) -> Held:
+    async def adopt(
+        self, api_key: SecretStr, stream_id: str, *, uid: str, interval: float, region: str | None
+    ) -> Held:
         """Take over a stream known by id (stored in status, or an annotation) with a
-        keepalive, which proves it alive and brings a token."""
+        keepalive, which proves it alive and brings a token (none for a pulled stream).
+        `region` is where status last saw it; a wrong or unknown one is corrected by the
+        client following the API's region_error."""
         held = Held(stream_id, uid, api_key, expires_at_ms=0, keepalive_at=self._loop_time())
+        held.region = region
+        held.acquired_at = self._loop_time()
         await self.renew(held, interval=interval)
         return held
 
@@ -119,21 +151,26 @@ class Leases:
         """A stored lease that is comfortably alive, resumed without any call: its next
         keepalive is scheduled from the stored expiry (restarts spread themselves)."""
         held = Held(stream_id, uid, api_key, expires_at_ms, secret_stream_id=stream_id)
+        held.acquired_at = self._loop_time()
         held.keepalive_at = self.next_keepalive_at(held, interval=interval)
         return held
 
-    async def release(self, api_key: SecretStr, stream_id: str) -> bool:
+    async def release(self, api_key: SecretStr, stream_id: str, *, region: str | None) -> bool:
         """DELETE /streams/{id}: True if deleted now, False if it was already gone."""
-        return await self.client.delete_stream(api_key, stream_id)
+        return await self.client.delete_stream(api_key, stream_id, region=region)
 
-    async def end_reason(self, api_key: SecretStr, stream_id: str) -> str:
+    async def end_reason(self, api_key: SecretStr, stream_id: str, *, region: str | None) -> str:
         """Why a stream ended, if its tombstone is still readable."""
         try:
-            state = await self.client.get_stream(api_key, stream_id, priority=Priority.GET)
+            state = await self.client.get_stream(
+                api_key, stream_id, priority=Priority.GET, region=region
+            )
         except ov.OvershootError:
             return "unknown"
         return state.end_reason or ("unknown" if state.ended else "active")
 
-    async def state(self, held: Held) -> ov.StreamState:
-        """GET /streams/{id} at the lowest priority (a status poll)."""
-        return await self.client.get_stream(held.api_key, held.stream_id, priority=Priority.POLL)
+    async def state(self, held: Held, *, priority: Priority = Priority.POLL) -> ov.StreamState:
+        """GET /streams/{id}, by default at the lowest priority (a status poll)."""
+        return await self.client.get_stream(
+            held.api_key, held.stream_id, priority=priority, region=held.region
+        )

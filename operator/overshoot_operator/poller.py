@@ -121,7 +121,8 @@ class Poller:
             self._tasks.pop(key, None)
 
     def _next_delay(self, entry: Entry, state: ov.StreamState | None) -> float:
-        last = state.last_frame_at_ms if state else None
+        # A pulled stream's pulls count like frames (its room gets them republished too).
+        last = (state.last_pull or state.last_frame_at_ms) if state else None
         if dec.frames_fresh(last, now=self._wall(), fresh_seconds=self._fresh_seconds):
             entry.media.polls_without_frames = 0
             return self._poll_seconds

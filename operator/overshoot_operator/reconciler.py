@@ -28,11 +28,12 @@ import random
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SecretStr, ValidationError
 
 from overshoot_operator import decisions as dec
+from overshoot_operator import delivery as dlv
 from overshoot_operator import manifests, metrics
 from overshoot_operator import overshoot as ov
 from overshoot_operator import resource as res
@@ -59,6 +60,13 @@ KUBE_RETRY_SECONDS = 5.0
 # A stream released because its resource vanished is retried this long at most; the
 # lease ends it anyway.
 VANISHED_GIVE_UP_SECONDS = 60.0
+# The end reason of a pulled stream whose camera's stream ended (twice in a row).
+# Guess: undocumented ("a source that ends, and ends again shortly after a reconnect,
+# ends the Stream"); the emulator says "source_ended".
+SOURCE_ENDED = "source_ended"
+# After a stream is released for want of frames, a Ready publisher Pod is believed only
+# this much later (the publisher's switch to standby and its readiness probe's failover).
+STANDBY_SETTLE_SECONDS = 20.0
 Clock = Callable[[], datetime]
 
 
@@ -80,6 +88,7 @@ def spec_defaults(settings: OperatorSettings) -> res.SpecDefaults:
             key=settings.default_api_key_secret_key,
         ),
         keepalive_interval_seconds=settings.keepalive_interval_seconds,
+        delivery=settings.default_delivery,
         publisher_image=settings.publisher_image,
         publisher_resources=res.ResourceRequirements(
             requests={
@@ -106,6 +115,7 @@ class Controller:
         *,
         clock: Clock = _utcnow,
         rng: random.Random | None = None,
+        resolver: dlv.Resolver | None = None,
     ) -> None:
         self.settings = settings
         self.kube = kube
@@ -137,6 +147,8 @@ class Controller:
             rng=self.rng,
         )
         self.defaults = spec_defaults(settings)
+        self.resolve = resolver or dlv.system_resolver(settings.dns_timeout_seconds)
+        self.networks = dlv.parse_networks(settings.server_pull_networks)
         self._gauges: asyncio.Task[None] | None = None
         self._budget_warned = False
 
@@ -282,13 +294,32 @@ class Controller:
                 await self._metadata_write_failed(entry, observed, err)
                 return
 
+        decision = await self._delivery(entry, observed, spec)
+        revision = await self._current_revision(entry, observed, spec, decision)
+        if entry.held is not None:
+            why = _replacement(entry.held, decision, revision)
+            if why is not None:
+                if not await self._replace(entry, observed, why):
+                    await self._write_status(entry, observed, View())
+                    return
+                observed = entry.observed or observed  # without the released id
+        if decision.delivery == "ServerPull":
+            entry.standby = False
+        if entry.held is None and entry.standby and not await self._stand_by(entry, observed, spec):
+            await self._write_status(entry, observed, View())
+            return
         if entry.held is None:
-            await self._acquire(entry, observed, spec, refresh=refresh)
+            await self._acquire(entry, observed, spec, decision, revision, refresh=refresh)
         else:
             if refresh or self._now() >= entry.held.keepalive_at:
                 await self._renew(entry, observed, spec, fresh_key=refresh)
             if entry.fetched is not None:
                 await self._take_in_poll(entry, observed, spec)
+            if entry.held is not None and await self._starved(entry, observed):
+                # The Pod is told (standby Secret, annotation) before status says so.
+                await self._stand_by(entry, entry.observed or observed, spec)
+                await self._write_status(entry, entry.observed or observed, View())
+                return
         if refresh:
             entry.refresh_seen = observed.refresh_annotation
             if entry.held is not None:
@@ -339,6 +370,15 @@ class Controller:
         ):
             entry.failed = (ready.reason, ready.message, observed.generation)
             entry.failed_end_reason = status.stream.end_reason if status.stream else None
+        if (
+            ready is not None
+            and ready.reason == dec.WAITING_FOR_SOURCE
+            and status.stream_id is None
+        ):
+            # Released for a source that never delivered: the publisher must prove it
+            # first, after a restart too (a new stream at once would be paid for nothing).
+            entry.standby = True
+            entry.standby_rounds = 1
 
     def _spec(self, entry: Entry, observed: Observed) -> res.EffectiveSpec | str:
         """The effective spec, or the message of why it is unusable (cached per generation)."""
@@ -403,11 +443,213 @@ class Controller:
         entry.set_problem("secret", None)
         return key
 
+    # ---- delivery ------------------------------------------------------------------
+
+    async def _delivery(
+        self, entry: Entry, observed: Observed, spec: res.EffectiveSpec
+    ) -> dlv.Decision:
+        """How this generation's video is delivered (cached per generation: Auto resolves
+        the camera's host once, and a fallback to Publisher holds for the generation)."""
+        cached = entry.delivery_cache
+        if cached is not None and cached[0] == observed.generation:
+            return cached[1]
+        host = dlv.needs_resolving(spec)
+        addresses = await self.resolve(host) if host is not None else None
+        decision = dlv.decide(spec, addresses=addresses, networks=self.networks)
+        entry.delivery_cache = (observed.generation, decision)
+        if spec.delivery == "Auto":
+            logger.info("Delivery of %s: %s (%s)", observed.owner, decision.delivery, decision.why)
+        return decision
+
+    async def _current_revision(
+        self, entry: Entry, observed: Observed, spec: res.EffectiveSpec, decision: dlv.Decision
+    ) -> str | None:
+        """The stream revision the spec wants now (`EffectiveSpec.stream_revision`); None,
+        with a problem, when a pulled camera's credentials Secret cannot be read.
+
+        A held pulled stream's credentials version is taken as current unless the spec
+        changed or its camera went quiet (a rotated camera password shows as a stale
+        source): healthy pulled streams read no Secret, which at thousands of streams would
+        be most of the operator's Kubernetes reads."""
+        if decision.delivery == "Publisher":
+            return spec.stream_revision("Publisher")
+        held = entry.held
+        if held is not None and held.delivery == "ServerPull" and held.revision is not None:
+            quiet = entry.media.last_pull_ms is not None and not dec.frames_fresh(
+                entry.media.last_pull_ms,
+                now=self.clock(),
+                fresh_seconds=self.settings.frames_fresh_seconds,
+            )
+            if entry.revision_generation == observed.generation and not (
+                quiet and self._now() >= entry.revision_checked_at + dec.PULL_RECHECK_SECONDS
+            ):
+                return held.revision
+        creds = spec.source.credentials_secret_ref
+        version: str | None = None
+        if creds is not None:
+            try:
+                version = await self.secrets.check_keys(
+                    observed.namespace,
+                    creds.name,
+                    [creds.username_key, creds.password_key],
+                    field=f"spec.source.{spec.source.kind}.credentialsSecretRef",
+                    owner=observed.owner,
+                )
+            except KubeError as err:
+                problem = dec.problem_from_error(
+                    err, owner=observed.owner, api_key_ref=self._key_ref(spec)
+                )
+                entry.set_problem("secret", problem)
+                entry.wake(self._now() + problem.retry_in)
+                return None
+        entry.revision_generation = observed.generation
+        entry.revision_checked_at = self._now()
+        return spec.stream_revision("ServerPull", version)
+
+    async def _source_credentials(
+        self, entry: Entry, observed: Observed, spec: res.EffectiveSpec
+    ) -> tuple[str, str] | Literal[False] | None:
+        """The camera's username and password for a pulled stream's create; None when the
+        source has none, False (with a problem) when they cannot be read."""
+        creds = spec.source.credentials_secret_ref
+        if creds is None:
+            return None
+        try:
+            (username, password), _ = await self.secrets.values(
+                observed.namespace,
+                creds.name,
+                [creds.username_key, creds.password_key],
+                field=f"spec.source.{spec.source.kind}.credentialsSecretRef",
+                owner=observed.owner,
+            )
+        except KubeError as err:
+            problem = dec.problem_from_error(
+                err, owner=observed.owner, api_key_ref=self._key_ref(spec)
+            )
+            entry.set_problem("secret", problem)
+            entry.create_after = self._now() + problem.retry_in
+            return False
+        return username.get_secret_value(), password.get_secret_value()
+
+    def _pull_refused(
+        self,
+        entry: Entry,
+        observed: Observed,
+        spec: res.EffectiveSpec,
+        revision: str | None,
+        err: ov.SourceUnusable | ov.ServerPullUnsupported,
+    ) -> None:
+        """Overshoot would not pull the camera. Auto publishes it from the cluster instead
+        (for this generation); an explicit ServerPull waits for the user (decisions.py)."""
+        field = f"spec.source.{spec.source.kind}"
+        if spec.delivery == "Auto":
+            cause = err.detail if isinstance(err, ov.SourceUnusable) and err.detail else err.message
+            decision = dlv.Decision(
+                "Publisher",
+                f"Auto: Overshoot could not pull the camera ({cause}); publishing "
+                "it from the cluster",
+            )
+            entry.delivery_cache = (observed.generation, decision)
+            self.events.normal(observed.ref(), "DeliveryFallback", decision.why)
+            logger.info("Delivery of %s falls back to Publisher: %s", observed.owner, cause)
+            entry.wake(self._now())
+            return
+        problem = dec.pull_refused(
+            err, owner=observed.owner, field=field, api_url=self.settings.api_url
+        )
+        entry.set_problem("create", problem)
+        entry.blocked_pull = revision
+        entry.create_failures += 1
+        entry.wake(self._now() + problem.retry_in)
+
+    async def _replace(self, entry: Entry, observed: Observed, why: str) -> bool:
+        """Let go of the held stream because the resource now wants another one (delivery
+        or pulled source changed). True once it is released; its DELETE is retried first
+        (bounded like a deletion's), so one resource never has two live paid streams."""
+        held = entry.held
+        assert held is not None
+        now = self.clock()
+        entry.replacing_since = entry.replacing_since or now
+        try:
+            await self.leases.release(held.api_key, held.stream_id, region=held.region)
+        except ov.OvershootError as err:
+            waited = (now - entry.replacing_since).total_seconds()
+            if err.retryable and waited < self.settings.delete_give_up_seconds:
+                delay = sch.backoff_delay(max(1, int(waited // 5) + 1), cap=15.0, rng=self.rng)
+                entry.wake(self._now() + delay)
+                entry.set_problem(
+                    "lease",
+                    dec.Problem(
+                        "Replacing",
+                        f"{observed.owner}: replacing stream {held.stream_id} ({why}); its "
+                        f"DELETE failed ({err.message}); retrying before a new stream is made",
+                        False,
+                        delay,
+                    ),
+                )
+                return False
+            self.events.warning(
+                observed.ref(),
+                "DeleteAbandoned",
+                f"Gave up deleting stream {held.stream_id} after {waited:.0f}s ({err.message}); "
+                "keepalives stopped, so its lease ends it within 300s",
+            )
+        entry.held = None
+        entry.released_stream_id = held.stream_id
+        entry.replacing_since = None
+        entry.media = Media()
+        entry.set_problem("lease", None)
+        self.poller.cancel(entry.key)
+        if observed.stream_id_annotation or observed.creating_annotation:
+            try:
+                entry.observed = await self.records.forget_stream_id(observed)
+            except KubeError as err:
+                # The released id stays out of reach anyway (released_stream_id).
+                logger.warning("Forgetting stream id of %s failed: %s", observed.owner, err)
+        self.events.normal(
+            observed.ref(), "StreamReplaced", f"Released stream {held.stream_id}: {why}"
+        )
+        logger.info("Released stream %s of %s: %s", held.stream_id, observed.owner, why)
+        return True
+
+    async def _remove_publisher(self, entry: Entry, observed: Observed) -> None:
+        """A pulled stream needs no publisher Pod and no publish Secret: remove those of an
+        earlier Publisher delivery (once; the Pod watch says when the Pod is gone)."""
+        if entry.pull_children_removed and (entry.pod is None or entry.pod.deleting):
+            entry.synced_generation = observed.generation
+            return
+        try:
+            await self.children.delete_all(observed, entry.pod)
+        except KubeError as err:
+            self._kube_problem(entry, observed, err)
+            return
+        entry.pull_children_removed = True
+        entry.set_problem("kube", None)
+        entry.synced_generation = observed.generation
+
     # ---- acquiring a stream ------------------------------------------------------------
 
     async def _acquire(
-        self, entry: Entry, observed: Observed, spec: res.EffectiveSpec, *, refresh: bool
+        self,
+        entry: Entry,
+        observed: Observed,
+        spec: res.EffectiveSpec,
+        decision: dlv.Decision,
+        revision: str | None,
+        *,
+        refresh: bool,
     ) -> None:
+        if entry.blocked_pull is not None:
+            if refresh or decision.delivery != "ServerPull" or revision != entry.blocked_pull:
+                # Something changed that may make the camera pullable: try again.
+                entry.blocked_pull = None
+                entry.create_after = None
+                entry.set_problem("create", None)
+            else:
+                entry.wake(self._now() + dec.PULL_RECHECK_SECONDS)
+                return
+        if revision is None:
+            return  # the credentials Secret cannot be read: _current_revision said why
         if entry.create_after is not None and self._now() < entry.create_after and not refresh:
             return
         api_key = await self._api_key(entry, observed, spec, fresh=refresh)
@@ -417,6 +659,10 @@ class Controller:
         recorded = res.parse_stream_id(status.stream_id)
         adopted = res.parse_stream_id(observed.stream_id_annotation)
         stream_id = recorded or adopted
+        if stream_id is not None and stream_id == entry.released_stream_id:
+            # Released on purpose by this process (replaced, or no frame ever reached it);
+            # status or the annotation have not caught up yet.
+            stream_id = recorded = None
         if stream_id is not None:
             outcome = await self._resume(
                 entry,
@@ -429,11 +675,14 @@ class Controller:
                 ours=recorded is not None,
             )
             if outcome is not _Resume.CREATE:
+                held = entry.held
+                if held is not None and _replacement(held, decision, revision):
+                    entry.wake(self._now())  # the next pass replaces it
                 return
-        if not await self._admitted(entry, observed, spec):
+        if decision.delivery == "Publisher" and not await self._admitted(entry, observed, spec):
             return
         leaked = observed.creating_annotation if recorded is None else None
-        await self._create(entry, observed, spec, api_key, leaked_mark=leaked)
+        await self._create(entry, observed, spec, api_key, decision, revision, leaked_mark=leaked)
 
     async def _resume(
         self,
@@ -449,16 +698,19 @@ class Controller:
     ) -> _Resume | None:
         """Take over the stream the resource names (after a restart, or adoption)."""
         interval = spec.keepalive_interval_seconds
-        try:
-            secret_stream_id = await self.children.read_secret_stream_id(observed)
-        except KubeError as err:
-            self._kube_problem(entry, observed, err)
-            return _Resume.WAIT
+        pulled = ours and status.delivery == "ServerPull"
+        secret_stream_id: str | None = None
+        if not pulled:
+            try:
+                secret_stream_id = await self.children.read_secret_stream_id(observed)
+            except KubeError as err:
+                self._kube_problem(entry, observed, err)
+                return _Resume.WAIT
         expires = status.expires_at
         if (
             not refresh
             and ours
-            and secret_stream_id == stream_id
+            and (pulled or secret_stream_id == stream_id)
             and expires is not None
             and self.leases.comfortably_alive(int(expires.timestamp() * 1000))
         ):
@@ -470,6 +722,7 @@ class Controller:
                 expires_at_ms=int(expires.timestamp() * 1000),
                 interval=interval,
             )
+            _carry_over(entry.held, status)
             entry.refresh_seen = observed.refresh_annotation
             self._acquired(entry, first_poll=self.rng.uniform(0, 10))
             logger.info(
@@ -479,10 +732,13 @@ class Controller:
                 dec.rfc3339(expires),
             )
             return None
+        region = status.region if ours else spec.region
         try:
-            held = await self.leases.adopt(api_key, stream_id, uid=observed.uid, interval=interval)
+            held = await self.leases.adopt(
+                api_key, stream_id, uid=observed.uid, interval=interval, region=region
+            )
         except ov.NotFound:
-            end_reason = await self.leases.end_reason(api_key, stream_id)
+            end_reason = await self.leases.end_reason(api_key, stream_id, region=region)
             if ours and spec.on_remote_end == "Fail":
                 self._fail(entry, observed, stream_id, end_reason)
                 return _Resume.WAIT
@@ -507,6 +763,12 @@ class Controller:
             return _Resume.WAIT
         held.secret_stream_id = secret_stream_id
         held.recorded = ours
+        if ours:
+            _carry_over(held, status, region=held.region)
+        elif held.publish is None:
+            # Adopted by annotation: a keepalive without a publish token is a pulled stream,
+            # whose source the operator cannot know (the API never returns it).
+            held.delivery = "ServerPull"
         entry.set_problem("lease", None)
         entry.set_problem("create", None)
         entry.held = held
@@ -519,6 +781,8 @@ class Controller:
         observed: Observed,
         spec: res.EffectiveSpec,
         api_key: SecretStr,
+        decision: dlv.Decision,
+        revision: str | None,
         *,
         leaked_mark: str | None = None,
         replacing: tuple[str, str] | None = None,
@@ -544,10 +808,30 @@ class Controller:
             return
         entry.observed = observed = marked
         entry.leak_announced = marked.creating_annotation
+        pull: ov.CameraSource | None = None
+        if decision.delivery == "ServerPull":
+            credentials = await self._source_credentials(entry, observed, spec)
+            if credentials is False:
+                with contextlib.suppress(KubeError):
+                    entry.observed = await self.records.clear_creating(observed)
+                    entry.leak_announced = None
+                return
+            pull = dlv.camera_source(spec, credentials or None)
         try:
             held = await self.leases.create(
-                api_key, uid=observed.uid, interval=spec.keepalive_interval_seconds
+                api_key,
+                uid=observed.uid,
+                interval=spec.keepalive_interval_seconds,
+                region=spec.region,
+                revision=revision,
+                pull=pull,
             )
+        except (ov.SourceUnusable, ov.ServerPullUnsupported) as err:
+            with contextlib.suppress(KubeError):
+                entry.observed = await self.records.clear_creating(observed)
+                entry.leak_announced = None
+            self._pull_refused(entry, observed, spec, revision, err)
+            return
         except ov.OvershootError as err:
             self._create_problem(entry, observed, spec, err)
             nothing_made = isinstance(err, ov.OvershootRejected) or (
@@ -563,7 +847,7 @@ class Controller:
         entry.create_after = None
         entry.set_problem("create", None)
         entry.set_problem("lease", None)
-        if replacing is not None:
+        if replacing is not None and held.delivery == "Publisher":
             held.secret_stream_id = replacing[0]  # the Secret exists, for the old stream
         entry.held = held
         self._acquired(entry, first_poll=FIRST_POLL_SECONDS)
@@ -583,10 +867,16 @@ class Controller:
                 observed.owner,
             )
         else:
+            how = "pulled by Overshoot" if held.delivery == "ServerPull" else "for a publisher Pod"
+            where = f" in region {held.region}" if held.region else ""
             self.events.normal(
-                observed.ref(), "StreamCreated", f"Created remote stream {held.stream_id}"
+                observed.ref(),
+                "StreamCreated",
+                f"Created remote stream {held.stream_id}{where}, {how} ({decision.why})",
             )
-            logger.info("Created stream %s for %s", held.stream_id, observed.owner)
+            logger.info(
+                "Created stream %s for %s (%s%s)", held.stream_id, observed.owner, how, where
+            )
         await self._record(entry, observed, held)
 
     def _acquired(self, entry: Entry, *, first_poll: float) -> None:
@@ -710,6 +1000,14 @@ class Controller:
         if state.last_frame_at_ms is not None:
             entry.media.last_frame_at_ms = state.last_frame_at_ms
             entry.media.ever_had_frames = True
+            entry.standby_rounds = 0
+        if state.last_pull is not None:
+            entry.media.last_pull_ms = state.last_pull
+            entry.media.ever_had_frames = True
+            if dec.frames_fresh(
+                state.last_pull, now=self.clock(), fresh_seconds=self.settings.frames_fresh_seconds
+            ):
+                entry.source_ends = 0
 
     async def _ended(
         self, entry: Entry, observed: Observed, spec: res.EffectiveSpec, *, end_reason: str | None
@@ -718,7 +1016,7 @@ class Controller:
         held = entry.held
         assert held is not None
         old = held.stream_id
-        reason = end_reason or await self.leases.end_reason(held.api_key, old)
+        reason = end_reason or await self.leases.end_reason(held.api_key, old, region=held.region)
         entry.held = None
         self.poller.cancel(entry.key)
         if spec.on_remote_end == "Fail":
@@ -727,10 +1025,30 @@ class Controller:
             return
         entry.recreations = (entry.recreations or 0) + 1
         metrics.RECREATIONS.labels(reason).inc()
+        if held.delivery == "ServerPull" and reason == SOURCE_ENDED:
+            # The camera's own stream keeps ending: a new stream at once would end the
+            # same way. Wait longer each time it happens in a row.
+            entry.source_ends += 1
+            delay = sch.backoff_delay(entry.source_ends, base=30.0, cap=600.0, rng=self.rng)
+            entry.create_after = self._now() + delay
+            message = (
+                f"{observed.owner}: Overshoot ended stream {old} because the camera's stream "
+                f"ended (twice in a row, {entry.source_ends} time(s) now); a new stream is "
+                f"created in {delay:.0f}s; check spec.source"
+            )
+            entry.set_problem("create", dec.Problem("SourceEnded", message, False, delay))
+            self.events.warning(observed.ref(), "SourceEnded", message)
+            return
         api_key = await self._api_key(entry, observed, spec, fresh=False)
         if api_key is None:
             return
-        await self._create(entry, observed, spec, api_key, replacing=(old, reason))
+        decision = await self._delivery(entry, observed, spec)
+        revision = await self._current_revision(entry, observed, spec, decision)
+        if revision is None:
+            return
+        await self._create(
+            entry, observed, spec, api_key, decision, revision, replacing=(old, reason)
+        )
 
     def _fail(self, entry: Entry, observed: Observed, stream_id: str, end_reason: str) -> None:
         message = (
@@ -753,11 +1071,111 @@ class Controller:
             await self._metadata_write_failed(entry, observed, err)
         await self._write_status(entry, observed, View())
 
+    # ---- a stream no frame reaches -------------------------------------------------------
+
+    async def _starved(self, entry: Entry, observed: Observed) -> bool:
+        """Release a publisher's stream that no frame reached within
+        `first_frame_timeout_seconds` of its creation: a dead camera (or a publisher that
+        cannot reach LiveKit) costs no lease. The Pod stays and keeps trying its source;
+        `_stand_by` creates a stream again once the Pod says the source delivers."""
+        held = entry.held
+        bound = self.settings.first_frame_timeout_seconds
+        if held is None or held.delivery != "Publisher" or not bound:
+            return False
+        if entry.media.ever_had_frames:
+            return False
+        due = held.acquired_at + bound
+        if self._now() < due:
+            entry.wake(due)
+            return False
+        # Decided on a fresh read, not on the last poll (up to a minute old).
+        try:
+            state = await self.leases.state(held, priority=Priority.GET)
+        except ov.OvershootError:
+            entry.wake(self._now() + KUBE_RETRY_SECONDS)  # the poller and keepalives say more
+            return False
+        if state.last_frame_at_ms is not None or state.ended:
+            entry.media.state = state
+            entry.media.last_frame_at_ms = state.last_frame_at_ms
+            entry.media.ever_had_frames = state.last_frame_at_ms is not None
+            return False
+        failure = entry.pod.failure if entry.pod is not None else None
+        stream_id = held.stream_id
+        await self._release_held(
+            entry, observed, why=f"no frame reached it within {bound:.0f}s of its creation"
+        )
+        try:
+            if observed.stream_id_annotation or observed.creating_annotation:
+                entry.observed = await self.records.forget_stream_id(observed)
+        except KubeError as err:
+            await self._metadata_write_failed(entry, observed, err)
+        entry.standby = True
+        entry.standby_secret = False
+        entry.standby_rounds += 1
+        later = ""
+        # The Pod's readiness means "track published" until the publisher has seen the
+        # standby Secret and its probe has failed over (up to 15 s): only a readiness seen
+        # after that says the source delivers.
+        delay = STANDBY_SETTLE_SECONDS
+        if entry.standby_rounds > 1:
+            # The source delivered to the publisher last time and still nothing reached
+            # Overshoot: the fault is between them; do not pay a lease a minute for it.
+            delay = sch.backoff_delay(entry.standby_rounds - 1, base=60.0, cap=1800.0, rng=self.rng)
+            later = f", and not before {delay:.0f}s from now (round {entry.standby_rounds})"
+        entry.create_after = self._now() + delay
+        entry.set_problem(
+            "create",
+            dec.waiting_for_source(
+                owner=observed.owner, stream_id=stream_id, bound=bound, failure=failure, later=later
+            ),
+        )
+        logger.info(
+            "Released stream %s of %s: no frame within %.0fs", stream_id, observed.owner, bound
+        )
+        return True
+
+    async def _stand_by(self, entry: Entry, observed: Observed, spec: res.EffectiveSpec) -> bool:
+        """No stream while the publisher proves its source: its Secret names no stream,
+        its Pod stays (the kubelet retries the source by restarting it), and its readiness
+        in that state means "the source delivers". True once it does (and any backoff is
+        over): the caller creates a stream again."""
+        pod = entry.pod
+        now = self._now()
+        if pod is not None and pod.ready and not pod.deleting:
+            if entry.create_after is None or now >= entry.create_after:
+                entry.standby = False
+                entry.create_after = None
+                entry.set_problem("create", None)
+                logger.info("Source of %s delivers again; creating a stream", observed.owner)
+                return True
+            entry.wake(entry.create_after)
+        try:
+            if not entry.standby_secret:
+                await self.children.write_standby_secret(observed)
+                entry.standby_secret = True
+            state = await self.children.ensure_pod(entry, observed, spec, "")
+        except manifests.ManifestError as err:
+            entry.set_problem(
+                "spec", dec.Problem("InvalidSpec", str(err), True, dec.USER_FIX_RETRY_SECONDS)
+            )
+            return False
+        except KubeError as err:
+            self._kube_problem(entry, observed, err)
+            return False
+        entry.set_problem("kube", None)
+        if state is PodState.WAITING:
+            entry.wake(now + 2.0)
+        return False
+
     # ---- children --------------------------------------------------------------------
 
     async def _ensure_children(
         self, entry: Entry, observed: Observed, spec: res.EffectiveSpec, held: Held
     ) -> None:
+        if held.delivery == "ServerPull":
+            await self._remove_publisher(entry, observed)
+            return
+        entry.pull_children_removed = False
         if self.children.secret_outdated(held):
             if held.publish is None:
                 # A resumed lease whose Secret names another stream: a keepalive brings a
@@ -875,6 +1293,8 @@ class Controller:
         self, entry: Entry, observed: Observed, spec: res.EffectiveSpec | None, *, why: str
     ) -> None:
         """Suspend (or an unusable spec): no remote stream, no Pod, no Secret."""
+        entry.standby = False
+        entry.standby_rounds = 0
         if entry.held is not None:
             await self._release_held(entry, observed, why=why)
         else:
@@ -887,7 +1307,8 @@ class Controller:
                     key = await self.secrets.value(
                         spec.api_key_secret, field=self._key_field(observed), owner=observed.owner
                     )
-                    await self._delete_remote(observed, key, stream_id, why=why)
+                    region = _parse_status(observed).region
+                    await self._delete_remote(observed, key, stream_id, region=region, why=why)
         if observed.stream_id_annotation or observed.creating_annotation:
             try:
                 entry.observed = await self.records.forget_stream_id(observed)
@@ -909,14 +1330,23 @@ class Controller:
         held = entry.held
         assert held is not None
         entry.held = None
+        entry.released_stream_id = held.stream_id
         self.poller.cancel(entry.key)
-        await self._delete_remote(observed, held.api_key, held.stream_id, why=why)
+        await self._delete_remote(
+            observed, held.api_key, held.stream_id, region=held.region, why=why
+        )
 
     async def _delete_remote(
-        self, observed: Observed, api_key: SecretStr, stream_id: str, *, why: str
+        self,
+        observed: Observed,
+        api_key: SecretStr,
+        stream_id: str,
+        *,
+        region: str | None,
+        why: str,
     ) -> None:
         try:
-            await self.leases.release(api_key, stream_id)
+            await self.leases.release(api_key, stream_id, region=region)
         except ov.OvershootError as err:
             # Keepalives already stopped: the lease ends the stream within 300 s.
             self.events.warning(
@@ -937,7 +1367,9 @@ class Controller:
             now = self.clock()
             entry.vanished_at = entry.vanished_at or now
             try:
-                deleted = await self.leases.release(held.api_key, held.stream_id)
+                deleted = await self.leases.release(
+                    held.api_key, held.stream_id, region=held.region
+                )
             except ov.OvershootError as err:
                 waited = (now - entry.vanished_at).total_seconds()
                 if err.retryable and waited < VANISHED_GIVE_UP_SECONDS:
@@ -995,11 +1427,14 @@ class Controller:
     async def _release_for_deletion(self, entry: Entry, observed: Observed) -> bool:
         """True once there is no stream to release (deleted, gone, or given up on)."""
         held = entry.held
+        region: str | None
         if held is not None and held.uid == observed.uid:
             api_key: SecretStr | None = held.api_key
             stream_id: str | None = held.stream_id
+            region = held.region
         else:
             status = _parse_status(observed)
+            region = status.region
             stream_id = res.parse_stream_id(status.stream_id) or res.parse_stream_id(
                 observed.stream_id_annotation
             )
@@ -1023,7 +1458,7 @@ class Controller:
         if stream_id is None or api_key is None:
             return True
         try:
-            deleted = await self.leases.release(api_key, stream_id)
+            deleted = await self.leases.release(api_key, stream_id, region=region)
         except ov.OvershootError as err:
             started = observed.deletion_started or self.clock()
             waited = (self.clock() - started).total_seconds()
@@ -1143,6 +1578,28 @@ class Controller:
                 self.settings.api_max_per_second,
             )
         self._budget_warned = crowded
+
+
+def _replacement(held: Held, decision: dlv.Decision, revision: str | None) -> str | None:
+    """Why the held stream cannot serve the spec any more (another delivery, another pulled
+    camera, another region asked for), or None."""
+    if held.delivery != decision.delivery:
+        return f"delivery changes from {held.delivery} to {decision.delivery} ({decision.why})"
+    if revision is None or held.revision is None or held.revision == revision:
+        return None
+    if decision.delivery == "ServerPull":
+        return "what Overshoot pulls changed (spec.source, its credentials Secret or spec.region)"
+    return "spec.region changed"
+
+
+def _carry_over(
+    held: Held, status: res.OvershootStreamStatus, *, region: str | None = None
+) -> None:
+    """What status says of a stream taken over after a restart: its delivery, region and
+    revision."""
+    held.delivery = status.delivery or "Publisher"
+    held.region = region or status.region
+    held.revision = status.stream_revision
 
 
 def _parse_status(observed: Observed) -> res.OvershootStreamStatus:

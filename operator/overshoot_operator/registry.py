@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from overshoot_operator import decisions as dec
 from overshoot_operator import overshoot as ov
 from overshoot_operator import resource as res
+from overshoot_operator.delivery import Decision
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -243,6 +244,15 @@ class Held:
     # Loop time of the next keepalive.
     keepalive_at: float = 0.0
     last_keepalive: datetime | None = None
+    # Who publishes into it: a publisher Pod, or Overshoot pulling the camera itself.
+    delivery: res.Delivery = "Publisher"
+    # The region that serves it (sent with every call for it), once known.
+    region: str | None = None
+    # What it was created with (`EffectiveSpec.stream_revision`); None: not known (a stream
+    # taken over from a status that did not say), which no spec change replaces.
+    revision: str | None = None
+    # Loop time at which this process took it (created, adopted or resumed).
+    acquired_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -254,6 +264,8 @@ class Media:
     last_frame_at_ms: int | None = None
     ever_had_frames: bool = False
     polls_without_frames: int = 0
+    # ServerPull: when Overshoot last pulled a frame from the camera (GET's last_pull).
+    last_pull_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -310,6 +322,29 @@ class Entry:
     admitted_generation: int | None = None
     # Since when the cluster refuses the publisher while no Pod publishes (wall time).
     rejected_since: datetime | None = None
+    # How this generation's video is delivered (delivery.Decision; Auto may resolve DNS,
+    # and falls back to Publisher for the generation when Overshoot cannot pull).
+    delivery_cache: tuple[int, Decision] | None = None
+    # The pull revision Overshoot refused (422): not created again until it changes.
+    blocked_pull: str | None = None
+    # Since when the held stream is being replaced (delivery or pulled source changed)
+    # while its DELETE fails (wall time).
+    replacing_since: datetime | None = None
+    # Whether a pulled stream's Pod and Secret (from an earlier Publisher delivery) are gone.
+    pull_children_removed: bool = False
+    # The stream this process last released on purpose: status and the annotation may
+    # still name it until their next write, and it must never be taken over again.
+    released_stream_id: str | None = None
+    # The generation, and the loop time, of the last read of the pull revision's inputs.
+    revision_generation: int | None = None
+    revision_checked_at: float = 0.0
+    # Pulled streams Overshoot ended in a row because their camera's stream ended.
+    source_ends: int = 0
+    # No stream while the publisher proves its source (a stream no frame ever reached was
+    # released); how many such releases in a row; whether the standby Secret is written.
+    standby: bool = False
+    standby_rounds: int = 0
+    standby_secret: bool = False
 
     @property
     def owner(self) -> str:

@@ -16,6 +16,8 @@ snake_case. Reads ignore unknown fields, so a newer CRD never breaks an older op
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -58,6 +60,8 @@ __all__ = [
     "ConditionStatus",
     "ConditionType",
     "CredentialsSecretRef",
+    "Delivery",
+    "DeliveryMode",
     "EffectivePublisher",
     "EffectiveSpec",
     "FileSource",
@@ -174,6 +178,12 @@ class _Frozen(_Model):
 _NAME = Annotated[str, Field(min_length=1, max_length=253)]
 Quantity = int | str
 OnRemoteEnd = Literal["Recreate", "Fail"]
+# spec.delivery: who moves the video. A resource asks for one of three; the stream it holds
+# is always one of the first two (status.delivery).
+DeliveryMode = Literal["Publisher", "ServerPull", "Auto"]
+Delivery = Literal["Publisher", "ServerPull"]
+# A region name as Overshoot spells them (us-west1, us-central1).
+REGION_PATTERN: Final = r"^[a-z][a-z0-9-]{1,62}$"
 
 
 class SecretKeyRef(_Model):
@@ -220,7 +230,11 @@ class OvershootStreamSpec(_Model):
     from operator settings stay None until `effective_spec()`."""
 
     source: Source
-    video: Video = Field(default_factory=Video)
+    # None: not set (Auto delivery reads an explicit video limit as "send it through a
+    # publisher"); `effective_spec()` fills in the defaults.
+    video: Video | None = None
+    delivery: DeliveryMode | None = None
+    region: Annotated[str, Field(pattern=REGION_PATTERN)] | None = None
     api_key_secret_ref: SecretKeyRef | None = None
     keepalive_interval_seconds: Annotated[int, Field(ge=30, le=240)] | None = None
     on_remote_end: OnRemoteEnd = "Recreate"
@@ -274,6 +288,8 @@ class StreamStatus(_Model):
     first_frame_at: datetime | None = None
     stream_time_ms: int | None = None
     end_reason: str | None = None
+    # ServerPull: when Overshoot last pulled a frame from the camera.
+    last_pull_at: datetime | None = None
 
 
 class OvershootStreamStatus(_Model):
@@ -282,6 +298,11 @@ class OvershootStreamStatus(_Model):
     observed_generation: int | None = None
     phase: Phase | None = None
     stream_id: str | None = None
+    # How the held stream gets its video, and the region that serves it.
+    delivery: Delivery | None = None
+    region: str | None = None
+    # What the remote stream was created with (see `EffectiveSpec.stream_revision`).
+    stream_revision: str | None = None
     secret_name: str | None = None
     publisher_pod: str | None = None
     expires_at: datetime | None = None
@@ -375,6 +396,7 @@ class SpecDefaults(_Frozen):
 
     api_key_secret: SecretKeySelector
     keepalive_interval_seconds: Annotated[float, Field(ge=5, le=240)] = 120.0
+    delivery: DeliveryMode = "Publisher"
     publisher_image: Annotated[str, Field(min_length=1)]
     publisher_resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
 
@@ -394,11 +416,29 @@ class EffectiveSpec(_Frozen):
 
     source: Source
     video: Video
+    # Whether spec.video was written (Auto delivery keeps such a resource on a publisher).
+    video_set: bool = False
+    delivery: DeliveryMode = "Publisher"
+    region: str | None = None
     api_key_secret: SecretKeySelector
     keepalive_interval_seconds: float
     on_remote_end: OnRemoteEnd
     suspend: bool
     publisher: EffectivePublisher
+
+    def stream_revision(self, delivery: Delivery, credentials_version: str | None = None) -> str:
+        """What a remote stream is bound to once created: its delivery and the region asked
+        for, and for a pulled stream the source and the version of its credentials Secret
+        (its resourceVersion, never its data). A different revision needs a new stream;
+        anything else (the publisher's Pod, keepalive cadence) changes on a live one."""
+        material: dict[str, Any] = {"delivery": delivery, "region": self.region}
+        if delivery == "ServerPull":
+            material["source"] = self.source.model_dump(
+                mode="json", by_alias=True, exclude_none=True
+            )
+            material["credentials"] = credentials_version
+        digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+        return digest[:16]
 
 
 _QUANTITY = re.compile(
@@ -474,7 +514,10 @@ def effective_spec(
     publisher = spec.publisher
     return EffectiveSpec(
         source=spec.source,
-        video=spec.video,
+        video=spec.video or Video(),
+        video_set=spec.video is not None,
+        delivery=spec.delivery or defaults.delivery,
+        region=spec.region,
         api_key_secret=api_key,
         keepalive_interval_seconds=(
             float(spec.keepalive_interval_seconds)

@@ -6,7 +6,8 @@ reads the environment anywhere else; the object is built in `__main__` and passe
 
 from __future__ import annotations
 
-from typing import Annotated
+import ipaddress
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -20,8 +21,10 @@ class OperatorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="OVERSHOOT_", extra="ignore", frozen=True)
 
-    # Overshoot's base URL including the version prefix (/v1 or /v1beta).
-    api_url: str = "https://api.overshoot.ai/v1"
+    # Overshoot's base URL including the version prefix. /v1beta is where the docs live
+    # now and the only prefix with camera sources (ServerPull) and viewer tokens; /v1
+    # serves the same stream shapes for Publisher delivery.
+    api_url: str = "https://api.overshoot.ai/v1beta"
     # The Secret (in the operator's namespace) holding the API key of resources that name none.
     default_api_key_secret_namespace: str = "overshoot-system"  # noqa: S105 - a name
     default_api_key_secret_name: str = "overshoot-api-key"  # noqa: S105 - a name
@@ -42,6 +45,21 @@ class OperatorSettings(BaseSettings):
     # released, and created again once a dry run shows the Pod would be admitted.
     publisher_rejected_release_seconds: Annotated[float, Field(ge=0, le=3600)] = 120.0
     publisher_health_port: int = 8080
+    # A publisher stream that no frame reached within this many seconds of its creation
+    # is released (no paid lease for a dead camera). The Pod stays and keeps trying its
+    # source (the kubelet restarts it with backoff); a new stream is created once the Pod
+    # is Ready, which in that state means its source delivers. 0 never releases.
+    first_frame_timeout_seconds: Annotated[float, Field(ge=0, le=86400)] = 180.0
+
+    # spec.delivery of resources that name none. Publisher (a publisher Pod per stream)
+    # keeps cameras and their credentials inside the cluster unless a resource opts in;
+    # Auto lets Overshoot pull every camera it can reach (no Pod: cheaper at scale).
+    default_delivery: Literal["Publisher", "ServerPull", "Auto"] = "Publisher"
+    # Networks (CIDRs, comma-separated) besides the public internet that Overshoot can
+    # reach, e.g. over a private link: Auto delivery counts cameras there as pullable.
+    server_pull_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Auto delivery resolves a camera's host name with this timeout.
+    dns_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 2.0
 
     # Keepalive cadence when a resource names none: the docs advise about every 2 minutes.
     keepalive_interval_seconds: Annotated[float, Field(ge=5, le=240)] = 120.0
@@ -93,6 +111,23 @@ class OperatorSettings(BaseSettings):
 
     # kopf's own bookkeeping lives in annotations under this prefix, never in spec.
     annotation_prefix: str = "overshoot.ai"
+
+    @field_validator("server_pull_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [cidr.strip() for cidr in value.split(",") if cidr.strip()]
+        return value
+
+    @field_validator("server_pull_networks")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as err:
+                raise ValueError(f"OVERSHOOT_SERVER_PULL_NETWORKS: {cidr!r} is not a CIDR") from err
+        return value
 
     @field_validator("namespaces", mode="before")
     @classmethod

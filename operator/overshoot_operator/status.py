@@ -43,8 +43,19 @@ class View:
     deleting: bool = False
 
 
+def delivery_of(entry: Entry, observed: Observed) -> res.Delivery | None:
+    """The delivery of the held stream, else the one this generation is headed for."""
+    if entry.held is not None:
+        return entry.held.delivery
+    cached = entry.delivery_cache
+    if cached is not None and cached[0] == observed.generation:
+        return cached[1].delivery
+    return None
+
+
 def facts_of(entry: Entry, observed: Observed, view: View) -> dec.Facts:
     held = entry.held
+    pulled = held is not None and held.delivery == "ServerPull"
     failed = entry.failed
     failed_reason: str | None = None
     failed_message: str | None = None
@@ -59,11 +70,27 @@ def facts_of(entry: Entry, observed: Observed, view: View) -> dec.Facts:
         failed_message=failed_message,
         stream_id=held.stream_id if held else None,
         lease_held=held is not None,
-        last_frame_at_ms=entry.media.last_frame_at_ms if held else None,
-        ever_had_frames=entry.media.ever_had_frames if held else False,
-        pod_ready=entry.pod.ready if entry.pod is not None else (False if held else None),
+        last_frame_at_ms=(
+            None
+            if held is None
+            else entry.media.last_pull_ms
+            if pulled
+            else entry.media.last_frame_at_ms
+        ),
+        ever_had_frames=(
+            held is not None
+            and (entry.media.last_pull_ms is not None if pulled else entry.media.ever_had_frames)
+        ),
+        pod_ready=(
+            None
+            if pulled
+            else entry.pod.ready
+            if entry.pod is not None
+            else (False if held else None)
+        ),
         problem=dec.top_problem(entry.problems),
-        publisher_failure=entry.pod.failure if entry.pod is not None else None,
+        publisher_failure=entry.pod.failure if entry.pod is not None and not pulled else None,
+        pulled=pulled,
     )
 
 
@@ -94,14 +121,18 @@ def build_status(
     if view.deleting:
         phase = "Deleting"
     held = entry.held
+    published = held is not None and held.delivery == "Publisher"
     patch: dict[str, Any] = {
         "phase": phase,
         "observedGeneration": facts.generation,
         "conditions": [res.to_json(c) for c in conditions],
         "recreations": entry.recreations or 0,
         "streamId": held.stream_id if held else None,
-        "secretName": res.publish_secret_name(observed.name) if held else None,
-        "publisherPod": res.publisher_pod_name(observed.name) if held and entry.pod else None,
+        "delivery": delivery_of(entry, observed),
+        "region": held.region if held else None,
+        "streamRevision": held.revision if held else None,
+        "secretName": res.publish_secret_name(observed.name) if published else None,
+        "publisherPod": res.publisher_pod_name(observed.name) if published and entry.pod else None,
         "expiresAt": dec.rfc3339(dec.ms_to_datetime(held.expires_at_ms)) if held else None,
         "lastKeepaliveTime": dec.rfc3339(held.last_keepalive) if held else None,
     }
@@ -109,7 +140,9 @@ def build_status(
         # Resumed without a call: keep the time the previous process wrote.
         patch["lastKeepaliveTime"] = observed.status.get("lastKeepaliveTime")
     state = entry.media.state if held else None
-    if state is not None and (state.last_frame_index is not None or state.end_reason):
+    if state is not None and (
+        state.last_frame_index is not None or state.end_reason or state.last_pull is not None
+    ):
         patch["stream"] = {
             "recentFps": state.recent_fps,
             "lastFrameIndex": state.last_frame_index,
@@ -118,6 +151,8 @@ def build_status(
             "streamTimeMs": state.stream_time_ms,
             "endReason": state.end_reason,
         }
+        if state.last_pull is not None:
+            patch["stream"]["lastPullAt"] = dec.rfc3339(dec.ms_to_datetime(state.last_pull))
     elif entry.failed is not None and entry.failed_end_reason is not None:
         patch["stream"] = {"endReason": entry.failed_end_reason}
     elif held is None:

@@ -2,7 +2,9 @@
 
 - /healthz: the process and its event loop answer (liveness).
 - /readyz: the source is open and the video track is published (readiness); the body
-  says which of the two is missing.
+  says which of the two is missing. In standby (the operator released the stream because
+  no frame ever reached Overshoot), ready means the source delivers frames: the
+  operator's signal to create a stream again.
 - /metrics: Prometheus text from `Metrics`.
 
 Boundary: aiohttp's server. Serves only what `Metrics` holds; never a token or URL.
@@ -30,6 +32,7 @@ def build_app(metrics: Metrics) -> web.Application:
             "trackPublished": state.track_published,
             "mode": state.mode,
             "streamId": state.stream_id,
+            "standby": state.standby,
         }
         return web.Response(
             text=json.dumps(body) + "\n",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
@@ -47,8 +48,10 @@ FPS_TOLERANCE = 1.05
 # Seconds a subscriber may wait for the source's next IDR before Auto gives up passthrough.
 KEYFRAME_WAIT_LIMIT = 10.0
 # A source that has delivered no frame this long after the start ends the process (see
-# MediaLoop._give_up_if_never_delivered): the status says why within about this long.
-SOURCE_GIVE_UP_SECONDS = 30.0
+# MediaLoop._give_up_if_never_delivered): the status says why about 10 s later (the
+# container's exit, then the Pod watch), within the ~30 s a user waits for an answer.
+# Long enough for two full attempts at a camera that does not answer (10 s each).
+SOURCE_GIVE_UP_SECONDS = 20.0
 
 
 def choose_mode(
@@ -103,6 +106,9 @@ class MediaLoop:
         self._give_up_seconds = give_up_seconds
         self._started = clock()
         self._delivered = False
+        # What each failed attempt said, without the source's name: the give-up message
+        # counts them (one odd last attempt must not hide what the others said).
+        self._attempts: Counter[str] = Counter()
 
     async def run(self) -> None:
         """Publish until cancelled; raise SourceRejected for what the user must fix."""
@@ -111,7 +117,7 @@ class MediaLoop:
             reader = SourceReader(
                 self._spec,
                 on_decoder_open=self._metrics.decoder_opens.inc,
-                on_read=self._metrics.frames_read.inc,
+                on_read=self._metrics.read,
             )
             try:
                 info = await reader.open()
@@ -145,14 +151,19 @@ class MediaLoop:
         operator's status shows it, and the kubelet's restart backoff (10 s doubling to
         5 min) retries it. A source that did deliver and then dropped (a camera rebooting)
         is retried here, without a restart."""
+        source = f"Source {self._spec.label}"
+        said = str(exc).removeprefix(source).strip(" :")
+        if not self._delivered:
+            self._attempts[said] += 1
         waited = self._clock() - self._started
         if self._delivered or waited < self._give_up_seconds:
             return
-        source = f"Source {self._spec.label}"
-        last = str(exc).removeprefix(source).strip()
+        attempts = "; ".join(
+            f"{text} ({n} time{'' if n == 1 else 's'})" for text, n in self._attempts.most_common()
+        )
         raise SourceRejected(
             f"{source} delivered no frame in {waited:.0f}s since the publisher started "
-            f"(last attempt: {last}); check that it is reachable from the Pod network and "
+            f"(its attempts: {attempts}); check that it is reachable from the Pod network and "
             "that spec.source names it right",
             reason="SourceUnreachable",
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -15,19 +16,36 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 MODES = ("passthrough", "transcode", "generate")
 
 
+# In standby, the source counts as delivering while a frame was read this recently.
+DELIVERING_SECONDS = 5.0
+
+
 @dataclass
 class State:
-    """What /readyz reports: the source is open and a track is published."""
+    """What /readyz reports: the source is open and a track is published; in standby (the
+    operator holds no stream for this publisher), that the source delivers frames."""
 
     source_open: bool = False
     track_published: bool = False
     mode: str | None = None
     stream_id: str | None = None
     last_error: str | None = None
+    standby: bool = False
+    # Monotonic time of the last frame read from the source.
+    last_read_at: float | None = None
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+
+    def delivering(self, now: float) -> bool:
+        return self.last_read_at is not None and now - self.last_read_at <= DELIVERING_SECONDS
 
     @property
     def ready(self) -> bool:
-        return self.source_open and self.track_published
+        if not self.source_open:
+            return False
+        if self.standby:
+            # The operator's signal to create a stream again: the source works.
+            return self.delivering(self.clock())
+        return self.track_published
 
 
 class FpsMeter:
@@ -94,6 +112,11 @@ class Metrics:
             self.mode.labels(mode).set(0)
         self._meter = FpsMeter()
         self.fps.set_function(lambda: self._meter.rate(time.monotonic()))
+
+    def read(self) -> None:
+        """A frame (or access unit) was read from the source (any thread)."""
+        self.frames_read.inc()
+        self.state.last_read_at = self.state.clock()
 
     def published(self, now: float | None = None) -> None:
         self.frames_published.inc()

@@ -45,11 +45,12 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-def read_publish_target(secret_dir: str | Path) -> PublishTarget:
-    """Read url/token/streamId; ConfigurationError names the missing file, never a value."""
+def read_publish_target(secret_dir: str | Path) -> PublishTarget | None:
+    """Read url/token/streamId; None in standby (an empty streamId: the operator holds no
+    stream for this publisher). ConfigurationError names the missing file, never a value."""
     base = Path(secret_dir)
     values: dict[str, str] = {}
-    for key in (PUBLISH_URL_KEY, PUBLISH_TOKEN_KEY, PUBLISH_STREAM_ID_KEY):
+    for key in (PUBLISH_STREAM_ID_KEY, PUBLISH_URL_KEY, PUBLISH_TOKEN_KEY):
         path = base / key
         try:
             values[key] = _read(path)
@@ -59,6 +60,8 @@ def read_publish_target(secret_dir: str | Path) -> PublishTarget:
             ) from None
         except OSError as exc:
             raise ConfigurationError(f"Could not read {path}: {exc.strerror}") from None
+        if not values[PUBLISH_STREAM_ID_KEY]:
+            return None
         if not values[key]:
             raise ConfigurationError(f"The publish Secret key {key!r} in {base} is empty")
     return PublishTarget(
@@ -94,7 +97,8 @@ async def watch_stream_id(
     *,
     interval: float = 1.0,
 ) -> None:
-    """Set `changed` when the mounted stream id differs from `current`; runs until cancelled.
+    """Set `changed` when the mounted stream id differs from `current` (an empty one is
+    standby); runs until cancelled.
 
     Polling, not inotify: the kubelet's symlink swap is invisible to a watch on the file,
     and one small read a second costs nothing.
@@ -106,6 +110,6 @@ async def watch_stream_id(
             value = await asyncio.to_thread(_read, path)
         except OSError:
             continue  # mid-swap or briefly missing: look again next tick
-        if value and value != current:
+        if value != current:
             changed.set()
             return

@@ -46,6 +46,10 @@ TRACK_NAME = "video"
 # Keyframe requests are polled this often, not per frame: nothing can act on them sooner
 # (the next IDR comes when the camera sends it), and each poll is a round trip to the SDK.
 FEEDBACK_INTERVAL = 0.25
+# Bounds on the SDK's own round trips: a server that stopped answering must not hold the
+# session (a new room to join, a shutdown) behind an unpublish or a leave.
+PUBLISH_TIMEOUT = 15.0
+LEAVE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,9 @@ class Session:
                 logger.warning("Could not read the publish Secret: %s", exc)
                 await self._sleep(self._backoff.next_delay())
                 continue
+            if target is None:
+                await self._standby()
+                continue
             room = rtc.Room()
             watch = _RoomWatch(room, self._takeover_after)
             try:
@@ -305,6 +312,30 @@ class Session:
                     cause,
                 )
                 await self._sleep(self._backoff.next_delay())
+
+    async def _standby(self) -> None:
+        """No stream to publish into (the operator released it: no frame ever reached
+        Overshoot). Keep the source going, so readiness says whether it delivers, and wait
+        for the operator to name a stream (or for shutdown)."""
+        self._metrics.state.standby = True
+        self._metrics.state.stream_id = None
+        logger.info(
+            "No remote stream to publish into (the operator holds none until the source "
+            "delivers); waiting for one"
+        )
+        named = asyncio.Event()
+        watcher = asyncio.create_task(
+            watch_stream_id(self._secret_dir, "", named, interval=self._watch_interval),
+            name="watch-stream-id",
+        )
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({watcher, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watcher, closing):
+                task.cancel()
+            await asyncio.gather(watcher, closing, return_exceptions=True)
+            self._metrics.state.standby = False
 
     async def _serve(self, room: rtc.Room, target: PublishTarget, watch: _RoomWatch) -> str:
         """Keep the wanted track published until the room ends; return why it ended."""
@@ -385,7 +416,9 @@ class Session:
                 video_encoding=encoding,
             )
         track = rtc.LocalVideoTrack.create_video_track(TRACK_NAME, source)
-        publication = await room.local_participant.publish_track(track, options)
+        publication = await asyncio.wait_for(
+            room.local_participant.publish_track(track, options), PUBLISH_TIMEOUT
+        )
         self._keyframe_pending_since = None
         return _Published(spec, source, track, publication.sid)
 
@@ -396,13 +429,15 @@ class Session:
             return
         if room is not None and room.isconnected():
             with contextlib.suppress(Exception):
-                await room.local_participant.unpublish_track(pub.sid)
+                await asyncio.wait_for(
+                    room.local_participant.unpublish_track(pub.sid), LEAVE_TIMEOUT
+                )
         with contextlib.suppress(Exception):
             await pub.source.aclose()
 
     async def _leave(self, room: rtc.Room, *, graceful: bool) -> None:
         await self._unpublish(room if graceful else None)
         with contextlib.suppress(Exception):
-            await room.disconnect()
+            await asyncio.wait_for(room.disconnect(), LEAVE_TIMEOUT)
         if graceful:
             logger.info("Left room %s", room.name)

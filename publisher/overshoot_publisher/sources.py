@@ -21,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -112,6 +115,8 @@ class OpenSpec:
     generated: bool
     # The user's Secret with the source credentials, to name in messages.
     credentials_secret: str | None = None
+    # A network source's host (looked up before opening, for a clear DNS error).
+    host: str | None = None
 
 
 def build_open_spec(source: Source, credentials: Credentials | None) -> OpenSpec:
@@ -148,6 +153,7 @@ def build_open_spec(source: Source, credentials: Credentials | None) -> OpenSpec
             loop=False,
             generated=False,
             credentials_secret=ref.name if ref else None,
+            host=urlsplit(label).hostname,
         )
     if source.url is not None:
         label = redact_url(source.url.url)
@@ -172,6 +178,7 @@ def build_open_spec(source: Source, credentials: Credentials | None) -> OpenSpec
             loop=False,
             generated=False,
             credentials_secret=ref.name if ref else None,
+            host=urlsplit(label).hostname,
         )
     if source.file is not None:
         path = source.file.path
@@ -230,6 +237,11 @@ def translate_error(exc: BaseException, spec: OpenSpec, *, opening: bool) -> Exc
             f"Source {where} rejected the request: {strerror}", reason="SourceRejected"
         )
     if isinstance(exc, av.error.ExitError | av.error.TimeoutError | TimeoutError):
+        if opening:
+            return SourceUnavailable(
+                f"Source {where} did not answer within {OPEN_TIMEOUT:.0f}s (timeout)",
+                cause="timeout",
+            )
         return SourceUnavailable(
             f"Source {where} sent nothing for {READ_TIMEOUT:.0f}s", cause="stall"
         )
@@ -410,6 +422,7 @@ class SourceReader:
 
     async def open(self) -> StreamInfo:
         started = time.monotonic()
+        await self._resolve()
         self._input = await self._call(MediaInput, self.spec, self._on_decoder_open, self._on_read)
         logger.info(
             "Opened source %s in %.1fs: %s %dx%d at %s fps%s",
@@ -422,6 +435,34 @@ class SourceReader:
             ", B-frames" if self._input.info.has_b_frames else "",
         )
         return self._input.info
+
+    async def _resolve(self) -> None:
+        """A network source's host name is looked up first, so a name that does not
+        resolve is told apart from a camera that does not answer (FFmpeg says "I/O error"
+        for both)."""
+        host = self.spec.host
+        if host is None:
+            return
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host.strip("[]"))
+            return
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM),
+                OPEN_TIMEOUT,
+            )
+        except socket.gaierror as exc:
+            raise SourceUnavailable(
+                f"Source {self.spec.label}: its host {host!r} does not resolve (DNS: "
+                f"{exc.strerror})",
+                cause="dns",
+            ) from None
+        except TimeoutError:
+            raise SourceUnavailable(
+                f"Source {self.spec.label}: looking up its host {host!r} took over "
+                f"{OPEN_TIMEOUT:.0f}s (DNS timeout)",
+                cause="dns",
+            ) from None
 
     async def iterate(self, it: Iterator[T]) -> AsyncIterator[T]:
         """Async iteration over a blocking iterator of this source, one item per thread hop."""

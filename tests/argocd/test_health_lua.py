@@ -190,6 +190,63 @@ def stream(
             "RemoteStreamEnded message",
             id="failed",
         ),
+        # delivery ServerPull: Overshoot pulls the camera; the same rules, its own reasons.
+        pytest.param(
+            stream(
+                spec={"delivery": "ServerPull"},
+                status_={
+                    "observedGeneration": 3,
+                    "phase": "Publishing",
+                    "delivery": "ServerPull",
+                    "stream": {"recentFps": 15, "lastPullAt": "2026-01-01T00:00:00Z"},
+                    "conditions": [ready("True", "Publishing", message="Frames arrive")],
+                },
+            ),
+            "Healthy",
+            "Frames arrive (15 fps)",
+            id="server-pull-publishing",
+        ),
+        pytest.param(
+            stream(
+                spec={"delivery": "ServerPull"},
+                status_={
+                    "observedGeneration": 3,
+                    "phase": "Degraded",
+                    "delivery": "ServerPull",
+                    "conditions": [ready("False", "SourceStale")],
+                },
+            ),
+            "Degraded",
+            "SourceStale message",
+            id="server-pull-source-stale",
+        ),
+        pytest.param(
+            stream(
+                spec={"delivery": "ServerPull"},
+                status_={
+                    "observedGeneration": 3,
+                    "phase": "Pending",
+                    "delivery": "ServerPull",
+                    "conditions": [ready("False", "SourceUnreachable")],
+                },
+            ),
+            "Degraded",
+            "SourceUnreachable message",
+            id="server-pull-unreachable",
+        ),
+        pytest.param(
+            stream(
+                status_={
+                    "observedGeneration": 3,
+                    "phase": "Pending",
+                    "delivery": "Publisher",
+                    "conditions": [ready("False", "WaitingForSource")],
+                }
+            ),
+            "Degraded",
+            "WaitingForSource message",
+            id="released-for-a-source-that-never-delivered",
+        ),
         pytest.param(
             stream(
                 spec={"suspend": True},

@@ -182,15 +182,19 @@ def test_examples_name_no_namespace(path):
 
 
 @pytest.mark.unit
-def test_one_example_per_source_type():
-    kinds: dict[str, list[str]] = {}
+def test_one_example_per_source_type_and_delivery():
+    """Every source kind has its example, and so has each delivery a camera can take
+    (a publisher Pod, or Overshoot pulling it), with no two examples of the same pair."""
+    pairs: dict[tuple[str, str], list[str]] = {}
     for path in EXAMPLES.glob("*.yaml"):
         for obj in objects(path):
             if obj["kind"] == "OvershootStream":
+                delivery = obj["spec"].get("delivery", "Publisher")
                 for kind in obj["spec"]["source"]:
-                    kinds.setdefault(kind, []).append(path.name)
-    assert set(kinds) == SOURCE_KINDS, kinds
-    assert all(len(files) == 1 for files in kinds.values()), kinds
+                    pairs.setdefault((kind, delivery), []).append(path.name)
+    assert {kind for kind, _ in pairs} == SOURCE_KINDS, pairs
+    assert ("rtsp", "ServerPull") in pairs, pairs
+    assert all(len(files) == 1 for files in pairs.values()), pairs
 
 
 @pytest.mark.unit

@@ -23,6 +23,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from overshoot_localstack import binaries, image, netns
 from overshoot_localstack import cluster as localcluster
 from overshoot_localstack.emulator import EmulatorProcess
 from overshoot_localstack.livekit import LiveKitServer
-from overshoot_localstack.media import HlsSource
+from overshoot_localstack.media import FileServer, HlsSource, make_audio_clip
 from overshoot_localstack.rtsp import RtspServer, free_port
 from overshoot_operator import resource as res
 from overshoot_publisher.config import PUBLISH_SECRET_DIR, PUBLISH_TOKEN_KEY
@@ -371,8 +372,24 @@ def test_a_livekit_restart_is_survived_by_the_running_container(
     assert pod.status.container_statuses[0].restart_count == 0
 
 
+def joined_at(cluster: localcluster.ControlPlane, namespace: str, stream_id: str) -> float | None:
+    """Wall time of the publisher's "Joined room ... for stream <id>" line, from the
+    container runtime's own log timestamps (`kubectl logs --timestamps`)."""
+    logs = kubectl(cluster, "logs", "--timestamps", "-n", namespace, "lobby-publisher")
+    for line in logs.splitlines():
+        stamp, _, text = line.partition(" ")
+        if "Joined room" in text and f"for stream {stream_id}" in text:
+            # RFC 3339 with nanoseconds; Python takes microseconds.
+            head, _, rest = stamp.partition(".")
+            fraction = rest.rstrip("Z")[:6]
+            when = datetime.fromisoformat(f"{head}.{fraction or '0'}+00:00")
+            return when.timestamp()
+    return None
+
+
 def test_a_recreated_stream_reaches_the_running_container(
     pod_stack: PodStack,
+    cluster: localcluster.ControlPlane,
     kube_api: client.ApiClient,
     cams: str,
     run_operator: Any,
@@ -381,7 +398,11 @@ def test_a_recreated_stream_reaches_the_running_container(
     """The remote stream is reaped; the operator recreates it, writes the Secret and
     annotates the Pod; the kubelet swaps the Secret into the running container, whose
     publisher follows it into the new room. Without the annotation, the kubelet would
-    swap it at its next periodic sync (test_node measures that)."""
+    swap it at its next periodic sync (test_node measures that).
+
+    Each step's first sighting is timed (wall clock), so a slow recreation names the
+    step that was slow: the operator's record, the Pod annotation, the kubelet's volume
+    swap, the publisher's join, the first frame at the gateway."""
     start_operator(run_operator, pod_stack)
     create_stream(
         kube_api,
@@ -389,37 +410,61 @@ def test_a_recreated_stream_reaches_the_running_container(
         stream_manifest("lobby", onRemoteEnd="Recreate", publisher=on_the_node(pod_stack)),
     )
     old = wait_publishing(kube_api, pod_stack, cams, "lobby")
-    pod_uid = publisher_pod(kube_api, cams, "lobby").metadata.uid
+    pod = publisher_pod(kube_api, cams, "lobby")
+    pod_uid = pod.metadata.uid
 
-    reaped = time.monotonic()
+    reaped = time.time()
     pod_stack.emulator.admin.reap(old)
-    new: str = wait_for(
-        lambda: (sid := status(kube_api, cams, "lobby").get("streamId")) != old and sid,
-        60,
-        what="a new status.streamId",
-    )
-    recreated = time.monotonic()
-    wait_for(lambda: pod_stack.frames(new) > 0, 120, what=f"frames in the new stream {new}")
-    arrived = time.monotonic()
+    seen: dict[str, float] = {}
+    new = ""
+
+    def step(name: str, done: bool) -> None:
+        if done and name not in seen:
+            seen[name] = time.time()
+
+    def all_seen() -> bool:
+        nonlocal new
+        sid = status(kube_api, cams, "lobby").get("streamId")
+        if sid and sid != old:
+            new = sid
+        step("status.streamId", bool(new))
+        if not new:
+            return False
+        annotations = publisher_pod(kube_api, cams, "lobby").metadata.annotations or {}
+        step("Pod annotated", annotations.get(res.PUBLISH_STREAM_ANNOTATION) == new)
+        step("Secret in the container", mounted(pod_stack, pod, "streamId") == new)
+        step("first frame at the gateway", pod_stack.frames(new) > 0)
+        return "first frame at the gateway" in seen and "Secret in the container" in seen
+
+    wait_for(all_seen, 120, interval=0.1, what="the new stream's steps")
+    joined = wait_for(lambda: joined_at(cluster, cams, new), 30, what="the publisher's join")
     pod = publisher_pod(kube_api, cams, "lobby")
     # The same container followed; nothing was restarted or replaced.
     assert pod.metadata.uid == pod_uid
     assert pod.status.container_statuses[0].restart_count == 0
     assert pod.metadata.annotations[res.PUBLISH_STREAM_ANNOTATION] == new
-    assert mounted(pod_stack, pod, "streamId") == new
     wait_for(
         lambda: status(kube_api, cams, "lobby").get("phase") == "Publishing",
         60,
         what="Publishing in the new stream",
     )
+    recreated = seen["status.streamId"]
+    arrived = seen["first frame at the gateway"]
+    stages = {**seen, "publisher joined the room": joined}
+    breakdown = ", ".join(
+        f"{name} +{when - recreated:.1f}"
+        for name, when in sorted(stages.items(), key=lambda i: i[1])
+    )
     measured["stream reaped -> new stream recorded"] = f"{recreated - reaped:.1f} s"
     measured["new stream recorded -> its first frame (running container, real kubelet)"] = (
-        f"{arrived - recreated:.1f} s"
+        f"{arrived - recreated:.1f} s ({breakdown})"
     )
-    print(
-        f"reaped -> recreated {recreated - reaped:.1f} s; recreated -> frames in the new room "
-        f"{arrived - recreated:.1f} s"
-    )
+    print(f"reaped -> recreated {recreated - reaped:.1f} s; after that: {breakdown}")
+    # What the publisher said meanwhile, with the runtime's timestamps: the first place to
+    # look when the join is the slow step.
+    logs = kubectl(cluster, "logs", "--timestamps", "-n", cams, "lobby-publisher")
+    since = datetime.fromtimestamp(reaped, UTC).isoformat(timespec="seconds")[:19]
+    print("\n".join(line for line in logs.splitlines() if line[:19] >= since))
 
 
 def test_a_rotated_token_reaches_the_container_on_the_kubelets_schedule(
@@ -550,3 +595,126 @@ def test_an_unreachable_camera_says_why_and_is_retried_by_the_kubelet(
         120,
         what="the kubelet to restart the publisher",
     )
+
+
+FIRST_FRAME_TIMEOUT = 45.0  # past the publisher's own 20 s give-up on a source
+
+
+def released_for_the_source(api: client.ApiClient, namespace: str, timeout: float) -> Any:
+    """The Ready condition once the stream was released because no frame ever came."""
+    return wait_for(
+        lambda: (
+            (c := condition(api, namespace, "lobby", "Ready"))["reason"] == "WaitingForSource" and c
+        ),
+        timeout,
+        what="Ready False with reason WaitingForSource (the stream released)",
+    )
+
+
+@pytest.mark.parametrize("case", ["refused", "no-video", "wrong-password"])
+def test_a_camera_that_never_delivers_costs_no_lease(
+    case: str,
+    pod_stack: PodStack,
+    kube_api: client.ApiClient,
+    cams: str,
+    run_operator: Any,
+    tmp_path: Path,
+) -> None:
+    """Each broken camera says why within about 30 s of the apply (the publisher's exit,
+    in the Pod's termination message); once no frame has reached Overshoot within the
+    bound, the remote stream is released and none is renewed while the camera is broken:
+    the publisher Pod stays and keeps being restarted by the kubelet."""
+    with contextlib.ExitStack() as stack:
+        if case == "refused":
+            source: dict[str, Any] = {
+                "rtsp": {"url": f"rtsp://{pod_stack.node_ip}:{free_port(pod_stack.node_ip)}/s"}
+            }
+            said = "refused the connection"
+        elif case == "no-video":
+            make_audio_clip(tmp_path / "tone.ts")
+            files = stack.enter_context(FileServer(tmp_path, address=pod_stack.node_ip))
+            source = {"url": {"url": files.url("tone.ts")}}
+            said = "SourceHasNoVideo"
+        else:
+            camera = stack.enter_context(
+                RtspServer(address=pod_stack.node_ip, username="viewer", password="right-pw")
+            )
+            camera_secret(kube_api, cams, "wrong-pw")
+            source = {"rtsp": {"url": camera.url, "credentialsSecretRef": {"name": "lobby-cam"}}}
+            said = "credentials"
+        start_operator(run_operator, pod_stack, first_frame_timeout_seconds=FIRST_FRAME_TIMEOUT)
+        created = time.monotonic()
+        create_stream(
+            kube_api,
+            cams,
+            stream_manifest("lobby", source=source, publisher=on_the_node(pod_stack)),
+        )
+        stream_id = wait_for(
+            lambda: status(kube_api, cams, "lobby").get("streamId"), 60, what="a stream"
+        )
+        failing = wait_publisher_failing(kube_api, cams, 90)
+        told = time.monotonic() - created
+        assert said in failing["message"], failing
+        released = released_for_the_source(kube_api, cams, FIRST_FRAME_TIMEOUT + 60)
+        print(
+            f"{case}: cause in status {told:.0f} s, released {time.monotonic() - created:.0f} s after the apply"
+        )
+        assert said in released["message"], released
+        st = status(kube_api, cams, "lobby")
+        assert "streamId" not in st and st["phase"] == "Pending"
+        remote = pod_stack.emulator.admin.stream(stream_id)
+        assert remote is not None and remote["end_reason"] == "deleted"
+        assert not [
+            s for s in pod_stack.emulator.admin.streams(state="active") if s["id"] == stream_id
+        ]
+        # The Pod stays, told of no stream, and its source keeps being retried.
+        pod = publisher_pod(kube_api, cams, "lobby")
+        assert pod.metadata.annotations[res.PUBLISH_STREAM_ANNOTATION] == ""
+        restarts = pod.status.container_statuses[0].restart_count
+        wait_for(
+            lambda: (
+                publisher_pod(kube_api, cams, "lobby").status.container_statuses[0].restart_count
+                > restarts
+            ),
+            180,
+            what="the kubelet to try the source again",
+        )
+        assert "streamId" not in status(kube_api, cams, "lobby")
+
+
+def test_a_dead_camera_that_comes_up_gets_a_stream_again(
+    pod_stack: PodStack,
+    kube_api: client.ApiClient,
+    cams: str,
+    run_operator: Any,
+) -> None:
+    port = free_port(pod_stack.node_ip)
+    start_operator(run_operator, pod_stack, first_frame_timeout_seconds=FIRST_FRAME_TIMEOUT)
+    create_stream(
+        kube_api,
+        cams,
+        stream_manifest(
+            "lobby",
+            source={"rtsp": {"url": f"rtsp://{pod_stack.node_ip}:{port}/stream1"}},
+            publisher=on_the_node(pod_stack),
+        ),
+    )
+    released_for_the_source(kube_api, cams, FIRST_FRAME_TIMEOUT + 90)
+    pod_uid = publisher_pod(kube_api, cams, "lobby").metadata.uid
+    with RtspServer(address=pod_stack.node_ip, port=port):
+        up = time.monotonic()
+        # The kubelet restarts the publisher on its backoff; in standby its readiness says
+        # the camera delivers, and the operator creates a stream for it.
+        stream_id = wait_for(
+            lambda: status(kube_api, cams, "lobby").get("streamId"),
+            330,
+            what="a new stream once the camera delivers",
+        )
+        wait_for(lambda: pod_stack.frames(stream_id) > 0, 60, what="frames in the new stream")
+        wait_for(
+            lambda: status(kube_api, cams, "lobby").get("phase") == "Publishing",
+            60,
+            what="Publishing",
+        )
+        print(f"camera up -> Publishing in {time.monotonic() - up:.0f} s")
+        assert publisher_pod(kube_api, cams, "lobby").metadata.uid == pod_uid

@@ -6,7 +6,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from overshoot_publisher.health import build_app
-from overshoot_publisher.metrics import FpsMeter, Metrics
+from overshoot_publisher.metrics import DELIVERING_SECONDS, FpsMeter, Metrics
 
 pytestmark = pytest.mark.unit
 
@@ -52,3 +52,23 @@ def test_fps_meter() -> None:
         meter.tick(100 + i / 15)
     assert meter.rate(105.0) == pytest.approx(15, rel=0.02)
     assert meter.rate(120.0) == 0.0
+
+
+async def test_readyz_in_standby_means_the_source_delivers() -> None:
+    """With no stream to publish into, readiness is the operator's signal that the source
+    works: open and a frame read within DELIVERING_SECONDS."""
+    now = [1000.0]
+    metrics = Metrics()
+    metrics.state.clock = lambda: now[0]
+    metrics.state.standby = True
+    async with TestClient(TestServer(build_app(metrics))) as client:
+        metrics.set_source_open(True)
+        assert (await client.get("/readyz")).status == 503  # open, nothing read yet
+        metrics.read()
+        response = await client.get("/readyz")
+        assert response.status == 200 and (await response.json())["standby"] is True
+        now[0] += DELIVERING_SECONDS + 0.1
+        assert (await client.get("/readyz")).status == 503
+        metrics.read()
+        metrics.state.standby = False
+        assert (await client.get("/readyz")).status == 503  # a stream again: needs the track

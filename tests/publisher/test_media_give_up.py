@@ -14,6 +14,7 @@ from overshoot_publisher.media import MediaLoop
 from overshoot_publisher.metrics import Metrics
 from overshoot_publisher.mounted import Credentials
 from overshoot_publisher.session import Session
+from overshoot_publisher.sources import SourceReader, build_open_spec
 
 pytestmark = pytest.mark.unit
 
@@ -92,3 +93,46 @@ async def test_an_unreachable_camera_ends_the_loop_with_the_cause(tmp_path: Path
     assert err.value.reason == "SourceUnreachable"
     assert "127.0.0.1" in message
     assert "pw-9d2f" not in message and "viewer:" not in message, message
+
+
+def test_the_give_up_counts_what_every_attempt_said(tmp_path: Path) -> None:
+    """One attempt that timed out after several refusals: the message says both."""
+    clock = Clock()
+    media = loop(tmp_path, "rtsp://10.0.0.9:554/cam", clock, 30.0)
+    source = "Source rtsp://10.0.0.9:554/cam"
+    for _ in range(5):
+        media._give_up_if_never_delivered(SourceUnavailable(f"{source} refused the connection"))
+    clock.now += 31
+    with pytest.raises(SourceRejected) as err:
+        media._give_up_if_never_delivered(
+            SourceUnavailable(f"{source} did not answer within 10s (timeout)")
+        )
+    message = str(err.value)
+    assert "refused the connection (5 times); did not answer within 10s (timeout) (1 time)" in (
+        message
+    )
+    assert message.count(source) == 1
+
+
+async def test_a_host_that_does_not_resolve_is_a_dns_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told apart from a camera that does not answer, before FFmpeg is asked (it would say
+    "Input/output error" for both). The lookup is faked: no DNS query leaves the host."""
+    import asyncio
+
+    async def unknown(*_: object, **__: object) -> object:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", unknown)
+    config = PublisherConfig.model_validate(
+        {"namespace": "cams", "name": "lobby", "source": {"rtsp": {"url": "rtsp://gate-cam/s"}}}
+    )
+    reader = SourceReader(build_open_spec(config.source, None))
+    try:
+        with pytest.raises(SourceUnavailable) as err:
+            await reader.open()
+    finally:
+        await reader.aclose()
+    assert err.value.cause == "dns"
+    assert "'gate-cam' does not resolve (DNS: Name or service not known)" in str(err.value)

@@ -55,3 +55,24 @@ async def test_watch_sets_the_event_when_the_stream_id_changes(tmp_path: Path) -
     (secret / "streamId").write_text("new")
     await asyncio.wait_for(changed.wait(), 1)
     await task
+
+
+def test_an_empty_stream_id_is_standby(tmp_path: Path) -> None:
+    """The operator released the stream (no frame ever reached Overshoot): nothing to
+    publish into, and an empty url or token is then no error."""
+    assert read_publish_target(_secret(tmp_path, url="", token="", streamId="")) is None
+
+
+def test_an_empty_token_of_a_named_stream_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"'token'.* is empty"):
+        read_publish_target(_secret(tmp_path, url="wss://lk", token="", streamId="s-1"))
+
+
+@pytest.mark.parametrize(("before", "after"), [("s-1", ""), ("", "s-2")])
+async def test_watch_sees_standby_come_and_go(tmp_path: Path, before: str, after: str) -> None:
+    secret = _secret(tmp_path, streamId=before)
+    changed = asyncio.Event()
+    task = asyncio.create_task(watch_stream_id(secret, before, changed, interval=0.01))
+    (secret / "streamId").write_text(after)
+    await asyncio.wait_for(changed.wait(), 1)
+    await task

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from overshoot_operator import apikeys
 from overshoot_operator.apikeys import SecretReader
-from overshoot_operator.kube import Kube, KubeError, KubeUnavailable, SecretProblem
+from overshoot_operator.kube import Kube, KubeError, KubeUnavailable, SecretData, SecretProblem
 from overshoot_operator.resource import SecretKeySelector
 
 pytestmark = pytest.mark.unit
@@ -35,14 +35,16 @@ class FakeKube:
         self.hold: asyncio.Event | None = None
         self.reading = asyncio.Event()  # set while a read is in flight
 
-    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+    async def read_secret(self, namespace: str, name: str) -> SecretData | None:
         self.calls.append((namespace, name))
         self.reading.set()
         if self.hold is not None:
             await self.hold.wait()
         if self.error is not None:
             raise self.error
-        return dict(self.data) if self.data is not None else None
+        if self.data is None:
+            return None
+        return SecretData(data=dict(self.data), resource_version=str(len(self.calls)))
 
 
 class Clock:

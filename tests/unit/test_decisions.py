@@ -230,6 +230,32 @@ SUMMARY_ROWS = [
         {T.PUBLISHING: ("False", "NoStream", "No remote stream")},
         id="no-lease-publisher-failure-not-reported",
     ),
+    # ServerPull: the frame times are Overshoot's pulls; no publisher.
+    pytest.param(
+        facts(pulled=True, pod_ready=None, last_frame_at_ms=FRESH_FRAME, ever_had_frames=True),
+        "Publishing",
+        {
+            T.READY: ("True", "Publishing", "Frames are reaching Overshoot"),
+            T.PUBLISHING: ("True", "FramesArriving", "frames arriving"),
+        },
+        id="pulled-publishing",
+    ),
+    pytest.param(
+        facts(pulled=True, pod_ready=None),
+        "Provisioning",
+        {T.PUBLISHING: ("False", "WaitingForFrames", "Overshoot's first pull")},
+        id="pulled-waiting-for-the-first-pull",
+    ),
+    pytest.param(
+        facts(pulled=True, pod_ready=None, last_frame_at_ms=OLD_FRAME, ever_had_frames=True),
+        "Degraded",
+        {
+            T.READY: ("False", "SourceStale", "Overshoot reconnects by itself"),
+            T.STREAM_ACTIVE: ("True", "LeaseHeld", "is active"),
+            T.PUBLISHING: ("False", "SourceStale", "pulled no frame from the camera"),
+        },
+        id="pulled-source-stale-is-not-a-failed-stream",
+    ),
 ]
 
 
@@ -525,3 +551,49 @@ def test_time_helpers() -> None:
     assert dec.ms_to_datetime(NOW_MS) == NOW
     assert dec.rfc3339(None) is None
     assert dec.rfc3339(NOW.replace(microsecond=999_999)) == "2026-03-01T12:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("err", "reason", "texts"),
+    [
+        pytest.param(
+            ov.SourceUnusable(
+                "422",
+                endpoint=ov.Endpoint.CREATE,
+                status_code=422,
+                detail="Could not connect to source url (check reachability and credentials)",
+            ),
+            "SourceUnreachable",
+            ("could not connect to spec.source.rtsp", "refresh", "spec.delivery to Publisher"),
+            id="unreachable",
+        ),
+        pytest.param(
+            ov.SourceUnusable(
+                "422",
+                endpoint=ov.Endpoint.CREATE,
+                status_code=422,
+                detail="Source url must resolve to a public address",
+            ),
+            "SourceRefused",
+            ("refused to pull spec.source.rtsp", "public address"),
+            id="refused",
+        ),
+        pytest.param(
+            ov.ServerPullUnsupported("sid-1"),
+            "ServerPullUnsupported",
+            ("https://api.example/v1", "/v1beta"),
+            id="api-ignored-the-source",
+        ),
+    ],
+)
+def test_pull_refused(err: ov.OvershootError, reason: str, texts: tuple[str, ...]) -> None:
+    problem = dec.pull_refused(
+        err,  # type: ignore[arg-type]
+        owner=OWNER,
+        field="spec.source.rtsp",
+        api_url="https://api.example/v1",
+    )
+    assert (problem.reason, problem.user_fixable) == (reason, True)
+    assert problem.message.startswith(OWNER)
+    for text in texts:
+        assert text in problem.message, problem.message

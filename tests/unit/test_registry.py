@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from overshoot_operator import decisions as dec
 from overshoot_operator import overshoot as ov
 from overshoot_operator import resource as res
+from overshoot_operator.delivery import Decision
 from overshoot_operator.registry import (
     TOMBSTONE_SECONDS,
     DesiredPod,
@@ -424,6 +425,17 @@ def test_new_incarnation_resets_everything_but_key_observed_and_pod() -> None:
     e.pod_cache = DesiredPod(generation=1, manifest={}, config_hash="h")
     e.admitted_generation = 1
     e.rejected_since = datetime(2026, 3, 1, tzinfo=UTC)
+    e.delivery_cache = (1, Decision("ServerPull", "spec.delivery is ServerPull"))
+    e.blocked_pull = "rev"
+    e.replacing_since = datetime(2026, 3, 1, tzinfo=UTC)
+    e.pull_children_removed = True
+    e.source_ends = 2
+    e.standby = True
+    e.revision_generation = 3
+    e.released_stream_id = "old"
+    e.revision_checked_at = 5.0
+    e.standby_rounds = 2
+    e.standby_secret = True
     fresh = Entry(KEY)
     # Every field was set to something else, so the test covers every field.
     changed = {n for n in Entry.__slots__ if getattr(e, n) != getattr(fresh, n)}

@@ -100,9 +100,16 @@ def test_parse_full_spec_and_dump_round_trip() -> None:
 
 def test_minimal_spec_gets_constant_defaults() -> None:
     spec = parse_spec({"source": {"testPattern": {}}})
-    assert spec.video.mode == "Auto"
-    assert spec.video.max_height == 720
-    assert spec.video.max_fps == 15
+    # spec.video stays unset (Auto delivery reads a written one); the effective spec
+    # has its defaults.
+    assert spec.video is None
+    assert spec.delivery is None and spec.region is None
+    effective = effective_spec(spec, DEFAULTS, namespace="cams")
+    assert effective.video.mode == "Auto"
+    assert effective.video.max_height == 720
+    assert effective.video.max_fps == 15
+    assert effective.video_set is False
+    assert effective.delivery == "Publisher"
     assert spec.on_remote_end == "Recreate"
     assert spec.suspend is False
     assert spec.api_key_secret_ref is None
