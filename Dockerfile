@@ -29,6 +29,7 @@ COPY operator/ operator/
 COPY publisher/ publisher/
 COPY emulator/ emulator/
 COPY localstack/ localstack/
+COPY plugin/ plugin/
 
 # The wheel itself, not the source tree: the image holds exactly what a user installs. The
 # pin keeps pip from preferring any other index's package of the same name (a test keeps it

@@ -18,6 +18,7 @@ _EXTRAS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "overshoot-publisher": ("publisher", ("av", "livekit.rtc", "numpy"), "overshoot_publisher"),
     "overshoot-emulator": ("emulator", ("jwt", "livekit.api", "livekit.rtc"), "overshoot_emulator"),
     "overshoot-localstack": ("dev", ("yaml", "cryptography", "av"), "overshoot_localstack"),
+    "kubectl-overshoot": ("preview", ("av", "livekit.rtc", "numpy"), "overshoot_kubectl"),
 }
 
 
@@ -56,3 +57,7 @@ def emulator() -> int:
 
 def localstack() -> int:
     return _run("overshoot-localstack")
+
+
+def kubectl_plugin() -> int:
+    return _run("kubectl-overshoot")

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.unit
         (launch.publisher, "publisher", "av"),
         (launch.emulator, "emulator", "jwt"),
         (launch.localstack, "dev", "cryptography"),
+        (launch.kubectl_plugin, "preview", "livekit.rtc"),
     ],
 )
 def test_a_missing_extra_is_one_line_naming_it(
