@@ -2,12 +2,15 @@
 
 Role: bring up, in order, a real Kubernetes control plane, one real node (kubelet +
 containerd + runc, `node.py`) with the image `make image` built from the Dockerfile, a
-LiveKit server on the node's address, the Overshoot emulator joined to it as the media
-gateway, the CRD and RBAC of deploy/, a namespace enforcing Pod Security `restricted`, and
-the operator under its own ServiceAccount; then apply the examples a user would
-(`examples/api-key-secret.yaml`, `examples/test-pattern.yaml`) with the real kubectl, and
-print the OvershootStream's status until it is `Publishing` with a frame count that grows:
-frames the publisher container sent through LiveKit and the gateway really decoded.
+LiveKit server on the node's address, an RTSP test camera, the Overshoot emulator joined to
+LiveKit as the media gateway, the CRD and RBAC of deploy/, a namespace enforcing Pod
+Security `restricted`, and the operator under its own ServiceAccount; then apply the
+examples a user would with the real kubectl: `examples/api-key-secret.yaml`,
+`examples/test-pattern.yaml` (delivered by a publisher container) and
+`examples/server-pull.yaml` pointed at the test camera (pulled by Overshoot itself: no
+Pod). It prints both resources' status until each is `Publishing` with a frame count that
+grows (frames the gateway really decoded), then looks at each through the kubectl plugin
+(`kubectl overshoot snapshot`), which writes a JPEG of what the model sees.
 
 The node is the cluster's only Node (no kwok, no taint), so the examples apply unchanged.
 Everything listens on 127.0.0.1 or on the node's own addresses. Every process, mount and
@@ -48,7 +51,7 @@ from overshoot_localstack.cluster import ControlPlane, tail
 from overshoot_localstack.emulator import EmulatorProcess
 from overshoot_localstack.livekit import LiveKitServer
 from overshoot_localstack.operator import OperatorProcess
-from overshoot_localstack.rtsp import free_port
+from overshoot_localstack.rtsp import RtspServer, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 API_KEY_SECRET_EXAMPLE = EXAMPLES / "api-key-secret.yaml"
 STREAM_EXAMPLE = EXAMPLES / "test-pattern.yaml"
+PULL_EXAMPLE = EXAMPLES / "server-pull.yaml"
+# The test camera's login: the demo's own, not a secret anyone could use elsewhere.
+CAMERA_USER, CAMERA_PASSWORD = "viewer", "demo-camera-pw"
 
 NAMESPACE = "demo"
 OPERATOR_NAMESPACE = "overshoot-system"
@@ -127,6 +133,7 @@ class StreamView:
     """What `kubectl get ovs` shows, plus the frame count."""
 
     phase: str | None
+    delivery: str | None
     stream_id: str | None
     fps: float | None
     frames: int | None
@@ -139,6 +146,7 @@ class StreamView:
         ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
         return cls(
             phase=status.get("phase"),
+            delivery=status.get("delivery"),
             stream_id=status.get("streamId"),
             fps=stream.get("recentFps"),
             frames=stream.get("lastFrameIndex"),
@@ -146,14 +154,17 @@ class StreamView:
         )
 
 
-ROW_FORMAT = "{:>6}  {:<14} {:<14} {:<38} {:>5}  {:>7}  {}"
-HEADER = ROW_FORMAT.format("TIME", "NAME", "PHASE", "STREAM ID", "FPS", "FRAMES", "REASON")
+ROW_FORMAT = "{:>6}  {:<13} {:<11} {:<13} {:<37} {:>5}  {:>7}  {}"
+HEADER = ROW_FORMAT.format(
+    "TIME", "NAME", "DELIVERY", "PHASE", "STREAM ID", "FPS", "FRAMES", "REASON"
+)
 
 
 def format_row(elapsed: float, name: str, view: StreamView) -> str:
     return ROW_FORMAT.format(
         f"{elapsed:.0f}s",
         name,
+        view.delivery or "-",
         view.phase or "<none>",
         view.stream_id or "<none>",
         "-" if view.fps is None else f"{view.fps:.1f}",
@@ -185,11 +196,27 @@ class Progress:
 # --- the stack --------------------------------------------------------------------------
 
 
-def stream_name() -> str:
-    """The OvershootStream's name, from the example manifest (one source of truth)."""
-    manifest = yaml.safe_load(STREAM_EXAMPLE.read_text())
-    name: str = manifest["metadata"]["name"]
-    return name
+def stream_name(example: Path = STREAM_EXAMPLE) -> str:
+    """An OvershootStream's name, from its example manifest (one source of truth)."""
+    for manifest in yaml.safe_load_all(example.read_text()):
+        if manifest and manifest.get("kind") == "OvershootStream":
+            name: str = manifest["metadata"]["name"]
+            return name
+    raise DemoError(f"{example} has no OvershootStream")
+
+
+def pull_example(camera_url: str) -> str:
+    """examples/server-pull.yaml pointed at the demo's camera, with its login: what a user
+    does with the example (replace the address and the placeholder login)."""
+    documents = list(yaml.safe_load_all(PULL_EXAMPLE.read_text()))
+    for document in documents:
+        if document.get("kind") == "Secret":
+            document["stringData"] = {"username": CAMERA_USER, "password": CAMERA_PASSWORD}
+        elif document.get("kind") == "OvershootStream":
+            document["spec"]["source"]["rtsp"]["url"] = camera_url
+            # The emulator serves one region; any other name would be refused (409).
+            document["spec"].pop("region", None)
+    return yaml.safe_dump_all(documents, sort_keys=False)
 
 
 def example_api_key() -> str:
@@ -210,8 +237,10 @@ class Demo:
         self.paths = paths
         self.out = out
         self.name = stream_name()
+        self.pulled_name = stream_name(PULL_EXAMPLE)
         self.node: localnode.RealNode | None = None
         self.livekit: LiveKitServer | None = None
+        self.camera: RtspServer | None = None
         self.emulator: EmulatorProcess | None = None
         self._emulator_log: Any = None
         self.plane: ControlPlane | None = None
@@ -220,7 +249,7 @@ class Demo:
     # Start-up ---------------------------------------------------------------------------
 
     def start(self, publisher_image: image.ImageRef) -> None:
-        for file in (API_KEY_SECRET_EXAMPLE, STREAM_EXAMPLE):
+        for file in (API_KEY_SECRET_EXAMPLE, STREAM_EXAMPLE, PULL_EXAMPLE):
             if not file.is_file():
                 raise DemoError(f"{file} is missing: run the demo from a checkout (make demo)")
         self.out("Starting the control plane (etcd, kube-apiserver, controller-manager, ...) ...")
@@ -258,18 +287,27 @@ class Demo:
         self.livekit.start()
         self.out(f"LiveKit server at {self.livekit.url} (the node's address).")
 
+        self.camera = RtspServer(
+            address=address, username=CAMERA_USER, password=CAMERA_PASSWORD, pattern="smpte"
+        )
+        self.camera.start()
+        self.out(f"RTSP test camera at {self.camera.url} (login {CAMERA_USER}).")
+
         self._emulator_log = (self.logs / "emulator.log").open("ab")
         self.emulator = EmulatorProcess(
             api_keys=[example_api_key()],
             livekit_url=self.livekit.url,
             livekit_api_key=self.livekit.api_key,
             livekit_api_secret=self.livekit.api_secret,
+            # Overshoot pulls only cameras on the public internet; the demo's camera is on
+            # this machine, so the emulator is told to allow it.
+            allow_private_sources=True,
             # Its own session: a Ctrl-C in the terminal reaches only the demo, which then
             # stops everything in order.
             command_prefix=["setsid"],
             stderr=self._emulator_log,
         ).start()
-        self.out(f"Overshoot emulator at {self.emulator.api_url}, media gateway joined to LiveKit.")
+        self.out(f"Overshoot emulator at {self.api_url}, media gateway joined to LiveKit.")
 
         self.kubectl("apply", "--server-side", "-f", str(ROOT / "deploy" / "crds"))
         self.wait_for_established()
@@ -291,7 +329,7 @@ class Demo:
         self.operator = OperatorProcess(
             kubeconfig=sa_kubeconfig,
             settings={
-                "api_url": self.emulator.api_url,
+                "api_url": self.api_url,
                 "namespaces": NAMESPACE,
                 "status_poll_seconds": str(STATUS_POLL_SECONDS),
                 # Never pulled: imported into the node's containerd (there is no registry).
@@ -304,11 +342,54 @@ class Demo:
             f"Operator running as ServiceAccount {OPERATOR_NAMESPACE}/{OPERATOR_SERVICE_ACCOUNT}."
         )
 
+    @property
+    def api_url(self) -> str:
+        """The emulator under /v1beta: the API version with camera sources."""
+        assert self.emulator is not None
+        return self.emulator.url + "/v1beta"
+
     def apply_examples(self) -> None:
+        assert self.camera is not None
         self.kubectl("apply", "-n", NAMESPACE, "-f", str(API_KEY_SECRET_EXAMPLE))
         self.kubectl("apply", "-n", NAMESPACE, "-f", str(STREAM_EXAMPLE))
+        self.out(f"(examples/server-pull.yaml, its camera set to {self.camera.url} and its login)")
+        self.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=pull_example(self.camera.url))
 
-    def kubectl(self, *args: str) -> str:
+    def snapshots(self, directory: Path) -> list[Path]:
+        """A JPEG of each stream as Overshoot sees it, through the kubectl plugin (viewer
+        tokens, a subscribe-only join): what `kubectl overshoot snapshot` shows a user."""
+        assert self.plane is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        self.plugin("get", "-n", NAMESPACE)
+        written: list[Path] = []
+        for name in (self.name, self.pulled_name):
+            target = directory / f"{name}.jpg"
+            self.plugin("snapshot", name, "-n", NAMESPACE, "-o", str(target))
+            written.append(target)
+        return written
+
+    def plugin(self, *args: str) -> None:
+        """Run `kubectl overshoot ...` (the venv's console script) as the admin user."""
+        assert self.plane is not None
+        self.out(f"$ kubectl overshoot {' '.join(args)}")
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("kubectl-overshoot")), *args],
+            env={
+                **os.environ,
+                "KUBECONFIG": str(self.plane.kubeconfig),
+                "OVERSHOOT_API_URL": self.api_url,
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=90,
+        )
+        for line in (result.stdout + result.stderr).splitlines():
+            self.out(f"  {line}")
+        if result.returncode != 0:
+            raise DemoError(f"kubectl overshoot {args[0]} failed")
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
         """Run the cached kubectl as admin and echo it as a user would type it."""
         assert self.plane is not None
         shown = " ".join(a if a.startswith("-") or "/" not in a else _relative(a) for a in args)
@@ -316,6 +397,7 @@ class Demo:
         result = subprocess.run(
             [str(self.paths["kubectl"]), *args],
             env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig)},
+            input=stdin,
             capture_output=True,
             text=True,
             check=False,
@@ -385,8 +467,12 @@ class Demo:
                 "Use kubectl against the local cluster (in another terminal):",
                 f"  export KUBECONFIG={self.plane.kubeconfig}",
                 f"  export PATH={kubectl.parent}:$PATH",
-                f"  kubectl get ovs -n {NAMESPACE}",
+                f"  kubectl get ovs -n {NAMESPACE} -o wide",
                 f"  kubectl describe ovs -n {NAMESPACE} {self.name}",
+                f"  export OVERSHOOT_API_URL={self.api_url}",
+                f"  {Path(sys.executable).parent}/kubectl-overshoot get -n {NAMESPACE}",
+                f"  {Path(sys.executable).parent}/kubectl-overshoot snapshot "
+                f"{self.pulled_name} -n {NAMESPACE} -o {self.pulled_name}.jpg",
                 f"  kubectl get pods,secrets -n {NAMESPACE}",
                 f"  kubectl logs -n {NAMESPACE} {self.name}-publisher",
                 f"  kubectl apply -n {NAMESPACE} -f examples/test-pattern.yaml   # edit, re-apply",
@@ -402,6 +488,8 @@ class Demo:
         """The name of a component that stopped on its own, if any."""
         if self.livekit is not None and not self.livekit.running:
             return "livekit-server"
+        if self.camera is not None and not self.camera.running:
+            return "RTSP camera"
         if self.emulator is not None and not self.emulator.running:
             return "emulator"
         if self.node is not None:
@@ -447,6 +535,8 @@ class Demo:
             steps.append(("emulator", self.emulator.stop))
         if self._emulator_log is not None:
             steps.append(("emulator log", self._emulator_log.close))
+        if self.camera is not None:
+            steps.append(("RTSP camera", self.camera.stop))
         if self.livekit is not None:
             steps.append(("LiveKit server", self.livekit.stop))
         for what, step in steps:
@@ -455,6 +545,7 @@ class Demo:
             except Exception as err:  # one failed step must not leave the rest running
                 print(f"Stopping the {what} failed: {err}", file=sys.stderr, flush=True)
         self.operator = self.node = self.plane = self.emulator = self.livekit = None
+        self.camera = None
         self._emulator_log = None
 
 
@@ -467,16 +558,20 @@ def _relative(path: str) -> str:
 # --- running ----------------------------------------------------------------------------
 
 
-async def watch(demo: Demo, stop: asyncio.Event, *, deadline: float | None) -> int:
-    """Print status until the goal (with a deadline) or until `stop`."""
+async def watch(
+    demo: Demo, stop: asyncio.Event, *, deadline: float | None, snapshots: Path | None
+) -> int:
+    """Print status until the goal (with a deadline) or until `stop`: both streams
+    Publishing with growing frames, then a snapshot of each."""
     out = demo.out
+    names = (demo.name, demo.pulled_name)
     async with demo.api() as api:
-        progress = Progress()
-        path = STREAMS_PATH.format(namespace=NAMESPACE, name=demo.name)
+        progress = {name: Progress() for name in names}
+        reached: set[str] = set()
         started = time.monotonic()
-        reached = False
-        last_printed = 0.0
-        last_state: tuple[str | None, str | None, str | None] = (None, None, None)
+        done = False
+        last_printed: dict[str, float] = dict.fromkeys(names, 0.0)
+        last_state: dict[str, tuple[str | None, ...]] = {}
         await asyncio.to_thread(demo.apply_examples)
         out("")
         out(HEADER)
@@ -484,42 +579,59 @@ async def watch(demo: Demo, stop: asyncio.Event, *, deadline: float | None) -> i
             dead = demo.dead_component()
             if dead is not None:
                 raise DemoError(f"{dead} exited on its own")
-            obj: dict[str, Any] | None = None
-            try:
-                response = await api.get(path)
-                if response.status_code == 200:
-                    obj = response.json()
-            except httpx.HTTPError as err:
-                out(f"(reading the OvershootStream failed: {err})")
-            view = StreamView.from_object(obj)
-            now = time.monotonic()
-            # Every read until the goal; after it, transitions and a periodic line.
-            state = (view.phase, view.stream_id, view.reason)
-            if not reached or state != last_state or now - last_printed >= QUIET_INTERVAL:
-                out(format_row(now - started, demo.name, view))
-                last_printed, last_state = now, state
-            if not reached and progress.update(view):
-                reached = True
-                out(
-                    f"\nOvershootStream {NAMESPACE}/{demo.name} is Publishing: the media "
-                    f"gateway decoded frames {progress.first_frames} -> "
-                    f"{progress.last_frames}, sent by the publisher container through LiveKit."
-                )
+            views: dict[str, StreamView] = {}
+            for name in names:
+                obj: dict[str, Any] | None = None
+                try:
+                    response = await api.get(STREAMS_PATH.format(namespace=NAMESPACE, name=name))
+                    if response.status_code == 200:
+                        obj = response.json()
+                except httpx.HTTPError as err:
+                    out(f"(reading OvershootStream {name} failed: {err})")
+                views[name] = view = StreamView.from_object(obj)
+                now = time.monotonic()
+                # Every read until the goal; after it, transitions and a periodic line.
+                state = (view.phase, view.delivery, view.stream_id, view.reason)
+                if (
+                    not done
+                    or state != last_state.get(name)
+                    or now - last_printed[name] >= QUIET_INTERVAL
+                ):
+                    out(format_row(now - started, name, view))
+                    last_printed[name], last_state[name] = now, state
+                if name not in reached and progress[name].update(view):
+                    reached.add(name)
+                    how = (
+                        "pulled by Overshoot from the RTSP camera (no Pod)"
+                        if view.delivery == "ServerPull"
+                        else "sent by the publisher container through LiveKit"
+                    )
+                    out(
+                        f"\nOvershootStream {NAMESPACE}/{name} is Publishing: the media "
+                        f"gateway decoded frames {progress[name].first_frames} -> "
+                        f"{progress[name].last_frames}, {how}.\n"
+                    )
+            if not done and len(reached) == len(names):
+                done = True
+                directory = snapshots or demo.workdir / "snapshots"
+                written = await asyncio.to_thread(demo.snapshots, directory)
+                out(f"Snapshots: {', '.join(str(p) for p in written)}")
                 if deadline is not None:
                     return 0
                 out(demo.usage())
-            if deadline is not None and now > deadline:
-                raise DemoError(
-                    f"OvershootStream {NAMESPACE}/{demo.name} did not reach Publishing with "
-                    f"growing frames in time (last: phase {view.phase}, "
-                    f"frames {view.frames}, reason {view.reason})"
+            if not done and deadline is not None and time.monotonic() > deadline:
+                late = ", ".join(
+                    f"{n}: phase {v.phase}, frames {v.frames}, reason {v.reason}"
+                    for n, v in views.items()
+                    if n not in reached
                 )
+                raise DemoError(f"Not Publishing with growing frames in time ({late})")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), READ_INTERVAL)
-        return 0 if reached or deadline is None else 130
+        return 0 if done or deadline is None else 130
 
 
-def run(timeout: float | None, keep_logs: bool) -> int:
+def run(timeout: float | None, keep_logs: bool, snapshots: Path | None = None) -> int:
     interrupts = Interrupts()
     interrupts.install()
 
@@ -569,7 +681,7 @@ def run(timeout: float | None, keep_logs: bool) -> int:
             interrupts.attach(asyncio.get_running_loop(), loop_stop)
             if interrupts.requested:
                 return 130
-            return await watch(demo, loop_stop, deadline=deadline)
+            return await watch(demo, loop_stop, deadline=deadline, snapshots=snapshots)
 
         try:
             code = asyncio.run(main())
@@ -584,7 +696,10 @@ def run(timeout: float | None, keep_logs: bool) -> int:
         print(f"\nerror: {err}\n\n{demo.log_tails()}", file=sys.stderr, flush=True)
         code = 1
     finally:
-        out("Stopping: operator, node (publisher containers), control plane, emulator, LiveKit ...")
+        out(
+            "Stopping: operator, node (publisher containers), control plane, emulator, "
+            "camera, LiveKit ..."
+        )
         demo.close()
         if failed or keep_logs:
             out(f"Logs kept in {demo.logs}")
@@ -607,5 +722,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "SECONDS (counted after the binaries are built); without it, run until Ctrl-C",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the logs directory")
+    parser.add_argument(
+        "--snapshots",
+        type=Path,
+        metavar="DIR",
+        help="write the streams' JPEG snapshots here (default: the demo's temporary directory)",
+    )
     args = parser.parse_args(argv)
-    return run(args.timeout, args.keep_logs)
+    return run(args.timeout, args.keep_logs, args.snapshots)

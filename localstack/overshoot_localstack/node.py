@@ -955,7 +955,7 @@ class RealNode:
     def bridge_mac(self) -> str:
         """The Pod bridge's own, fixed MAC address: locally administered (02:...), unique
         per node index."""
-        return "02:6f:76:6b:{:02x}:{:02x}".format(self.index >> 8 & 0xFF, self.index & 0xFF)
+        return f"02:6f:76:6b:{self.index >> 8 & 0xFF:02x}:{self.index & 0xFF:02x}"
 
     @property
     def bridge(self) -> str:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import pytest
 
 from overshoot_localstack import binaries
@@ -22,7 +23,10 @@ from overshoot_localstack.demo import REQUIRED_BINARIES, example_api_key
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
 DEMO = [str(Path(sys.executable).with_name("overshoot-localstack")), "demo"]
-ROW = re.compile(r"^\s*\d+s\s+(?P<name>\S+)\s+(?P<phase>\S+)\s+\S+\s+\S+\s+(?P<frames>\d+|-)\s")
+ROW = re.compile(
+    r"^\s*\d+s\s+(?P<name>\S+)\s+(?P<delivery>\S+)\s+(?P<phase>\S+)\s+\S+\s+\S+\s+"
+    r"(?P<frames>\d+|-)\s"
+)
 
 
 def _require_binaries() -> None:
@@ -35,12 +39,16 @@ def _require_binaries() -> None:
         )
 
 
-def _publishing_frames(output: str) -> list[int]:
-    """Frame counts of the status rows that show Publishing, in order."""
+def _publishing_frames(output: str, name: str, delivery: str) -> list[int]:
+    """Frame counts of `name`'s status rows that show Publishing by `delivery`, in order."""
     return [
         int(m["frames"])
         for line in output.splitlines()
-        if (m := ROW.match(line)) and m["phase"] == "Publishing" and m["frames"] != "-"
+        if (m := ROW.match(line))
+        and m["name"] == name
+        and m["delivery"] == delivery
+        and m["phase"] == "Publishing"
+        and m["frames"] != "-"
     ]
 
 
@@ -90,11 +98,13 @@ def _assert_no_secrets(output: str) -> None:
     assert "eyJ" not in output
 
 
-def test_demo_reaches_publishing_with_growing_frames() -> None:
+def test_demo_reaches_publishing_with_growing_frames(tmp_path: Path) -> None:
+    """Both delivery modes reach Publishing with growing frames, and the kubectl plugin
+    writes a snapshot of each (the publisher's test pattern, the pulled camera)."""
     _require_binaries()
     started = time.monotonic()
     result = subprocess.run(
-        [*DEMO, "--timeout", "240"],
+        [*DEMO, "--timeout", "240", "--snapshots", str(tmp_path)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -102,9 +112,13 @@ def test_demo_reaches_publishing_with_growing_frames() -> None:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"demo exited with {result.returncode}:\n{output[-6000:]}"
-    frames = _publishing_frames(result.stdout)
-    assert len(frames) >= 2 and frames[-1] > frames[0], result.stdout[-4000:]
-    assert "is Publishing" in result.stdout
+    for name, delivery in (("test-pattern", "Publisher"), ("gate", "ServerPull")):
+        frames = _publishing_frames(result.stdout, name, delivery)
+        assert len(frames) >= 2 and frames[-1] > frames[0], (name, result.stdout[-4000:])
+        assert f"OvershootStream demo/{name} is Publishing" in result.stdout
+        with av.open(str(tmp_path / f"{name}.jpg")) as jpeg:
+            picture = next(jpeg.decode(video=0))
+        assert (picture.width, picture.height) == (640, 360), name
     assert "export KUBECONFIG=" in result.stdout and "Ctrl-C" in result.stdout
     assert result.stdout.rstrip().endswith("Stopped."), result.stdout[-2000:]
     assert _leftovers(result.stdout) == []
