@@ -215,16 +215,29 @@ class Leadership:
             return
         self._set_role(Role.STANDBY)
         timeout = self.timing.retry_period
-        try:
-            lease = await self._api.get_lease(self.namespace, self.name, read_timeout=timeout)
-            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+        # A renewal already in flight may land between the read and the write (409): read
+        # again. Three tries: nothing else of ours writes the Lease once we stand by.
+        for attempt in range(3):
+            try:
+                lease = await self._api.get_lease(self.namespace, self.name, read_timeout=timeout)
+                holder = (lease or {}).get("spec", {}).get("holderIdentity")
+                if lease is None or holder != self.identity:
+                    return
+                now = _micro_time(self._wall())
+                lease["spec"].update(holderIdentity=None, leaseDurationSeconds=1, renewTime=now)
+                await self._api.replace_lease(
+                    self.namespace, self.name, lease, read_timeout=timeout
+                )
+            except ConflictError as err:
+                if attempt < 2:
+                    continue
+                logger.warning("Could not release %s (%s); it expires on its own", self.what, err)
                 return
-            now = _micro_time(self._wall())
-            lease["spec"].update(holderIdentity=None, leaseDurationSeconds=1, renewTime=now)
-            await self._api.replace_lease(self.namespace, self.name, lease, read_timeout=timeout)
+            except KubeError as err:
+                logger.warning("Could not release %s (%s); it expires on its own", self.what, err)
+                return
             logger.info("Released %s", self.what)
-        except KubeError as err:
-            logger.warning("Could not release %s (%s); it expires on its own", self.what, err)
+            return
 
     # ---- one attempt -------------------------------------------------------------------
 

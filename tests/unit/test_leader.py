@@ -580,6 +580,24 @@ async def test_release_gives_the_lease_up() -> None:
     assert await attempt(other, api) is True
 
 
+async def test_release_reads_again_when_its_own_renewal_landed_in_between() -> None:
+    """A renewal still in flight writes the Lease between the release's read and its
+    write (409): the release reads again and gives the Lease up all the same."""
+    api, clocks = FakeLeases(), Clocks()
+    le = leadership(api, clocks)
+    assert await attempt(le, api) is True
+
+    def renewal_lands(what: str) -> None:
+        if what == "replace":
+            api.on_call.remove(renewal_lands)
+            api.put(le.identity, renew=clocks.now, transitions=0)
+
+    api.on_call.append(renewal_lands)
+    await le.release()
+    assert api.calls[-4:] == ["get", "replace", "get", "replace"]
+    assert api.spec()["holderIdentity"] is None
+
+
 async def test_release_does_not_touch_a_lease_held_by_another() -> None:
     api, clocks = FakeLeases(), Clocks()
     le = leadership(api, clocks)
