@@ -108,13 +108,6 @@ class SecretReader:
             )
         return SecretStr(value), secret.resource_version
 
-    async def check_keys(
-        self, namespace: str, name: str, keys: list[str], *, field: str, owner: str
-    ) -> str:
-        """Raise SecretProblem unless the Secret exists with all `keys` non-empty; return
-        the Secret's resourceVersion."""
-        return (await self.values(namespace, name, keys, field=field, owner=owner))[1]
-
     async def values(
         self,
         namespace: str,

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal
@@ -424,24 +425,43 @@ class Controller:
                 owner=observed.owner,
                 fresh=fresh,
             )
-            creds = spec.source.credentials_secret_ref
-            if creds is not None:
-                await self.secrets.check_keys(
-                    observed.namespace,
-                    creds.name,
-                    [creds.username_key, creds.password_key],
-                    field=f"spec.source.{spec.source.kind}.credentialsSecretRef",
-                    owner=observed.owner,
-                )
         except KubeError as err:
-            problem = dec.problem_from_error(
-                err, owner=observed.owner, api_key_ref=self._key_ref(spec)
-            )
-            entry.set_problem("secret", problem)
-            entry.create_after = self._now() + problem.retry_in
+            self._secret_problem(entry, observed, spec, err)
+            return None
+        if await self._source_credentials(entry, observed, spec) is False:
             return None
         entry.set_problem("secret", None)
         return key
+
+    def _secret_problem(
+        self, entry: Entry, observed: Observed, spec: res.EffectiveSpec, err: KubeError
+    ) -> None:
+        problem = dec.problem_from_error(err, owner=observed.owner, api_key_ref=self._key_ref(spec))
+        entry.set_problem("secret", problem)
+        entry.create_after = self._now() + problem.retry_in
+        entry.wake(entry.create_after)
+
+    async def _source_credentials(
+        self, entry: Entry, observed: Observed, spec: res.EffectiveSpec
+    ) -> SourceCredentials | Literal[False] | None:
+        """The source's credentials Secret (read shared and briefly reused): its username,
+        password and version; None when the source names none; False, with a problem and
+        a retry scheduled, when it cannot be read or lacks a key."""
+        creds = spec.source.credentials_secret_ref
+        if creds is None:
+            return None
+        try:
+            (username, password), version = await self.secrets.values(
+                observed.namespace,
+                creds.name,
+                [creds.username_key, creds.password_key],
+                field=f"spec.source.{spec.source.kind}.credentialsSecretRef",
+                owner=observed.owner,
+            )
+        except KubeError as err:
+            self._secret_problem(entry, observed, spec, err)
+            return False
+        return SourceCredentials(username, password, version)
 
     # ---- delivery ------------------------------------------------------------------
 
@@ -484,52 +504,12 @@ class Controller:
                 quiet and self._now() >= entry.revision_checked_at + dec.PULL_RECHECK_SECONDS
             ):
                 return held.revision
-        creds = spec.source.credentials_secret_ref
-        version: str | None = None
-        if creds is not None:
-            try:
-                version = await self.secrets.check_keys(
-                    observed.namespace,
-                    creds.name,
-                    [creds.username_key, creds.password_key],
-                    field=f"spec.source.{spec.source.kind}.credentialsSecretRef",
-                    owner=observed.owner,
-                )
-            except KubeError as err:
-                problem = dec.problem_from_error(
-                    err, owner=observed.owner, api_key_ref=self._key_ref(spec)
-                )
-                entry.set_problem("secret", problem)
-                entry.wake(self._now() + problem.retry_in)
-                return None
+        creds = await self._source_credentials(entry, observed, spec)
+        if creds is False:
+            return None
         entry.revision_generation = observed.generation
         entry.revision_checked_at = self._now()
-        return spec.stream_revision("ServerPull", version)
-
-    async def _source_credentials(
-        self, entry: Entry, observed: Observed, spec: res.EffectiveSpec
-    ) -> tuple[str, str] | Literal[False] | None:
-        """The camera's username and password for a pulled stream's create; None when the
-        source has none, False (with a problem) when they cannot be read."""
-        creds = spec.source.credentials_secret_ref
-        if creds is None:
-            return None
-        try:
-            (username, password), _ = await self.secrets.values(
-                observed.namespace,
-                creds.name,
-                [creds.username_key, creds.password_key],
-                field=f"spec.source.{spec.source.kind}.credentialsSecretRef",
-                owner=observed.owner,
-            )
-        except KubeError as err:
-            problem = dec.problem_from_error(
-                err, owner=observed.owner, api_key_ref=self._key_ref(spec)
-            )
-            entry.set_problem("secret", problem)
-            entry.create_after = self._now() + problem.retry_in
-            return False
-        return username.get_secret_value(), password.get_secret_value()
+        return spec.stream_revision("ServerPull", creds.version if creds else None)
 
     def _pull_refused(
         self,
@@ -810,13 +790,18 @@ class Controller:
         entry.leak_announced = marked.creating_annotation
         pull: ov.CameraSource | None = None
         if decision.delivery == "ServerPull":
-            credentials = await self._source_credentials(entry, observed, spec)
-            if credentials is False:
+            creds = await self._source_credentials(entry, observed, spec)
+            if creds is False:
                 with contextlib.suppress(KubeError):
                     entry.observed = await self.records.clear_creating(observed)
                     entry.leak_announced = None
                 return
-            pull = dlv.camera_source(spec, credentials or None)
+            login = (
+                (creds.username.get_secret_value(), creds.password.get_secret_value())
+                if creds is not None
+                else None
+            )
+            pull = dlv.camera_source(spec, login)
         try:
             held = await self.leases.create(
                 api_key,
@@ -1578,6 +1563,15 @@ class Controller:
                 self.settings.api_max_per_second,
             )
         self._budget_warned = crowded
+
+
+@dataclass(frozen=True)
+class SourceCredentials:
+    """A camera's login from the Secret spec.source names, and that Secret's version."""
+
+    username: SecretStr
+    password: SecretStr
+    version: str
 
 
 def _replacement(held: Held, decision: dlv.Decision, revision: str | None) -> str | None:

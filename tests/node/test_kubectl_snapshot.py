@@ -18,21 +18,18 @@ Neither the API key nor any token appears in what the plugin prints.
 from __future__ import annotations
 
 import colorsys
-import dataclasses
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import av
-import httpx
 import pytest
 from kubernetes import client
-from nodekit import NodeRun
+from nodekit import PodStack
 
 from fixtures.cluster import ApplyYaml, SaKubeconfig, wait_for
 from fixtures.operator import API_KEY, put_api_key
@@ -45,11 +42,8 @@ from fixtures.streams import (
     status,
     stream_manifest,
 )
-from overshoot_localstack import binaries, image, netns
 from overshoot_localstack import cluster as localcluster
-from overshoot_localstack.emulator import EmulatorProcess
-from overshoot_localstack.livekit import LiveKitServer
-from overshoot_localstack.rtsp import free_port
+from overshoot_localstack import image
 
 # Generous: a cold run builds the image and starts the node inside the first test.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -69,53 +63,6 @@ SMPTE_BARS: list[tuple[str, float | None]] = [
     ("red", 0),
     ("blue", 240),
 ]
-
-
-@dataclasses.dataclass
-class PreviewStack:
-    """The real node with the project's image, LiveKit on its address, the emulator."""
-
-    run: NodeRun
-    livekit: LiveKitServer
-    emulator: EmulatorProcess
-    http: httpx.Client
-
-    @property
-    def api_url(self) -> str:
-        # The plugin's default API is /v1beta; the emulator serves both prefixes.
-        return self.emulator.url + "/v1beta"
-
-    def gateway(self, stream_id: str) -> dict[str, Any]:
-        response = self.http.get(self.emulator.url + "/_emulator/gateway")
-        response.raise_for_status()
-        stats: dict[str, Any] = response.json().get(stream_id, {})
-        return stats
-
-
-@pytest.fixture(scope="module")
-def preview_stack(real_node: NodeRun) -> Iterator[PreviewStack]:
-    ref = image.ensure_image()
-    names = real_node.node.import_image(ref.archive)
-    assert image.IMAGE in names, names
-    address = real_node.node.node_ip
-    livekit = LiveKitServer(
-        netns.HostAddress(address),
-        port=free_port(address),
-        rtc_tcp_port=free_port(address),
-        rtc_udp_port=free_port(address),
-        binary=binaries.ensure(["livekit-server"])["livekit-server"],
-    )
-    with (
-        livekit,
-        EmulatorProcess(
-            expire_interval=0.5,
-            livekit_url=livekit.url,
-            livekit_api_key=livekit.api_key,
-            livekit_api_secret=livekit.api_secret,
-        ) as emulator,
-        httpx.Client(timeout=10, trust_env=False) as http,
-    ):
-        yield PreviewStack(real_node, livekit, emulator, http)
 
 
 def kubectl_overshoot(
@@ -170,7 +117,7 @@ def hue_distance(a: float, b: float) -> float:
 
 
 def test_snapshot_and_get_of_a_publishing_stream(
-    preview_stack: PreviewStack,
+    pod_stack: PodStack,
     cluster: localcluster.ControlPlane,
     kube_api: client.ApiClient,
     namespace: str,
@@ -179,12 +126,12 @@ def test_snapshot_and_get_of_a_publishing_stream(
 ) -> None:
     put_api_key(kube_api, namespace)
     run_operator(
-        preview_stack.emulator,
+        pod_stack.emulator,
         publisher_image=image.IMAGE,
         # Imported into the node's containerd; there is no registry to pull from.
         publisher_image_pull_policy="Never",
     )
-    scheduling = preview_stack.run.node.scheduling()
+    scheduling = pod_stack.run.node.scheduling()
     create_stream(
         kube_api,
         namespace,
@@ -204,7 +151,7 @@ def test_snapshot_and_get_of_a_publishing_stream(
     )
     # Full size at the gateway first: WebRTC may start a track small and grow it.
     wait_for(
-        lambda: preview_stack.gateway(stream_id).get("width") == WIDTH,
+        lambda: pod_stack.gateway(stream_id).get("width") == WIDTH,
         FRAMES_TIMEOUT,
         what=f"{WIDTH}-wide frames of stream {stream_id} at the gateway",
     )
@@ -226,7 +173,7 @@ def test_snapshot_and_get_of_a_publishing_stream(
         namespace,
         "-o",
         str(output),
-        env={"KUBECONFIG": str(cluster.kubeconfig), "OVERSHOOT_API_URL": preview_stack.api_url},
+        env={"KUBECONFIG": str(cluster.kubeconfig), "OVERSHOOT_API_URL": pod_stack.api_url},
         cwd=tmp_path,
     )
     took = time.monotonic() - started

@@ -18,27 +18,22 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from kubernetes import client
-from nodekit import NodeRun
+from nodekit import PodStack
 
 from fixtures.cluster import wait_for
 from fixtures.operator import put_api_key
 from fixtures.streams import condition, create_stream, publisher_pod, status, stream_manifest
-from overshoot_localstack import binaries, image, netns
+from overshoot_localstack import binaries
 from overshoot_localstack import cluster as localcluster
-from overshoot_localstack.emulator import EmulatorProcess
-from overshoot_localstack.livekit import LiveKitServer
 from overshoot_localstack.media import FileServer, HlsSource, make_audio_clip
 from overshoot_localstack.rtsp import RtspServer, free_port
 from overshoot_operator import resource as res
@@ -47,58 +42,6 @@ from overshoot_publisher.config import PUBLISH_SECRET_DIR, PUBLISH_TOKEN_KEY
 pytestmark = pytest.mark.integration
 
 FRAMES_TIMEOUT = 180.0  # a cold container start: the image's Python and media stack
-
-
-@dataclasses.dataclass
-class PodStack:
-    """The real node with the project's image imported, and the media side for its Pods."""
-
-    run: NodeRun
-    image: str
-    livekit: LiveKitServer
-    emulator: EmulatorProcess
-    http: httpx.Client
-
-    @property
-    def node_ip(self) -> str:
-        return self.run.node.node_ip
-
-    def frames(self, stream_id: str) -> int:
-        response = self.http.get(self.emulator.url + "/_emulator/gateway")
-        response.raise_for_status()
-        return int(response.json().get(stream_id, {}).get("frames", 0))
-
-
-@pytest.fixture(scope="module")
-def pod_stack(real_node: NodeRun, measured: dict[str, str]) -> Iterator[PodStack]:
-    started = time.monotonic()
-    ref = image.ensure_image()
-    measured["project image (make image, as found in the cache)"] = (
-        f"{time.monotonic() - started:.1f} s"
-    )
-    started = time.monotonic()
-    names = real_node.node.import_image(ref.archive)
-    measured["image import into the node's containerd"] = f"{time.monotonic() - started:.1f} s"
-    assert image.IMAGE in names, names
-    address = real_node.node.node_ip
-    livekit = LiveKitServer(
-        netns.HostAddress(address),
-        port=free_port(address),
-        rtc_tcp_port=free_port(address),
-        rtc_udp_port=free_port(address),
-        binary=binaries.ensure(["livekit-server"])["livekit-server"],
-    )
-    with (
-        livekit,
-        EmulatorProcess(
-            expire_interval=0.5,
-            livekit_url=livekit.url,
-            livekit_api_key=livekit.api_key,
-            livekit_api_secret=livekit.api_secret,
-        ) as emulator,
-        httpx.Client(timeout=10, trust_env=False) as http,
-    ):
-        yield PodStack(real_node, image.IMAGE, livekit, emulator, http)
 
 
 @pytest.fixture

@@ -241,17 +241,20 @@ async def test_secret_problems(
     assert isinstance(problem, KubeError) and problem.status is None
 
 
-async def test_check_keys() -> None:
+async def test_values_of_several_keys_come_from_one_read_with_its_version() -> None:
     kube = FakeKube({"username": b64("admin"), "password": b64("")})
     r = reader(kube)
-    await r.check_keys("cams", "cam-creds", ["username"], field="spec.source", owner=OWNER)
+    (username,), version = await r.values(
+        "cams", "cam-creds", ["username"], field="spec.source", owner=OWNER
+    )
+    assert username.get_secret_value() == "admin" and version == "1"
     with pytest.raises(SecretProblem) as info:
-        await r.check_keys(
+        await r.values(
             "cams", "cam-creds", ["username", "password"], field="spec.source", owner=OWNER
         )
     assert info.value.reason == "SecretKeyInvalid" and "'password'" in str(info.value)
     with pytest.raises(SecretProblem) as info:
-        await r.check_keys("cams", "cam-creds", ["token"], field="spec.source", owner=OWNER)
+        await r.values("cams", "cam-creds", ["token"], field="spec.source", owner=OWNER)
     assert info.value.reason == "SecretKeyMissing"
     assert len(kube.calls) == 1  # one Secret, read once for all its keys
 
